@@ -1,0 +1,110 @@
+"""The hook-name vocabulary of DESIGN §2: which names exist and the axes of each.
+
+Every array that leaves a model (a cache, a run store, a dashboard figure) is
+labelled by the axis names given here, so that ``dims_for("blocks.0.mixer.hook_B")``
+and the store's ``dimension_names`` always agree.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable
+
+# Suffix of a hook name -> the names of its axes (batch first, then position).
+HOOK_DIMS: dict[str, tuple[str, ...]] = {
+    "hook_embed": ("batch", "pos", "d_model"),
+    "hook_pos_embed": ("batch", "pos", "d_model"),
+    "hook_resid_pre": ("batch", "pos", "d_model"),
+    "hook_resid_mid": ("batch", "pos", "d_model"),
+    "hook_resid_post": ("batch", "pos", "d_model"),
+    "ln_final.hook_normalized": ("batch", "pos", "d_model"),
+    "mixer.hook_x": ("batch", "pos", "d_inner"),
+    "mixer.hook_z": ("batch", "pos", "d_inner"),
+    "mixer.hook_conv": ("batch", "pos", "d_inner"),
+    "mixer.hook_delta": ("batch", "pos", "d_inner"),
+    "mixer.hook_B": ("batch", "pos", "d_state"),
+    "mixer.hook_C": ("batch", "pos", "d_state"),
+    "mixer.hook_ssm_state": ("batch", "pos", "d_inner", "d_state"),
+    "mixer.hook_ssm_out": ("batch", "pos", "d_inner"),
+    "mixer.hook_out": ("batch", "pos", "d_model"),
+    "attn.hook_q": ("batch", "pos", "head", "d_head"),
+    "attn.hook_k": ("batch", "key_pos", "head", "d_head"),
+    "attn.hook_v": ("batch", "key_pos", "head", "d_head"),
+    "attn.hook_z": ("batch", "pos", "head", "d_head"),
+    "attn.hook_attn_scores": ("batch", "head", "query_pos", "key_pos"),
+    "attn.hook_pattern": ("batch", "head", "query_pos", "key_pos"),
+    "attn.hook_out": ("batch", "pos", "d_model"),
+    "mlp.hook_pre": ("batch", "pos", "d_mlp"),
+    "mlp.hook_post": ("batch", "pos", "d_mlp"),
+    "mlp.hook_out": ("batch", "pos", "d_model"),
+    "memory.hook_innovation": ("batch", "pos"),
+    "memory.hook_write": ("batch", "pos"),
+    "memory.hook_fading": ("batch", "pos", "d_model"),
+    "moe.hook_router_logits": ("batch", "pos", "expert"),
+    "moe.hook_expert": ("batch", "pos"),
+    "moe.hook_expert_out": ("batch", "pos", "d_model"),
+    "moe.hook_drop": ("batch", "pos"),
+}
+
+# Hooks whose values are costly: computed only when something listens to them.
+COSTLY_SUFFIXES = ("mixer.hook_ssm_state", "attn.hook_pattern", "attn.hook_attn_scores")
+
+_LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+def hook_suffix(name: str) -> str:
+    """``blocks.3.mixer.hook_B`` -> ``mixer.hook_B``; names outside blocks are kept."""
+    return _LAYER_RE.sub("", name)
+
+
+def hook_layer(name: str) -> int | None:
+    """The block index of a hook name, or None for hooks outside the blocks."""
+    m = _LAYER_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def dims_for(name: str, ndim: int | None = None) -> tuple[str, ...]:
+    """Axis names of a hook's tensor; generic ``dim_i`` names for unknown hooks.
+
+    ``ndim`` (when given) must agree with the table, else the generic names are
+    returned, so that a gradient or a reduced cache entry is still labelled.
+    """
+    suffix = hook_suffix(name)
+    if suffix.endswith("_grad"):
+        suffix = suffix[: -len("_grad")]
+    dims = HOOK_DIMS.get(suffix)
+    if dims is None or (ndim is not None and len(dims) != ndim):
+        return tuple(f"dim_{i}" for i in range(ndim or 0))
+    return dims
+
+
+def is_costly(name: str) -> bool:
+    """Whether a hook's value is only materialized when listened to."""
+    return hook_suffix(name) in COSTLY_SUFFIXES
+
+
+class UnknownHookError(KeyError):
+    """A hook name that the model does not have; the message lists close matches."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+def check_hook_names(names: Iterable[str], valid: Iterable[str]) -> None:
+    """Raise UnknownHookError for the first name not in ``valid``, with suggestions."""
+    valid = list(valid)
+    valid_set = set(valid)
+    for name in names:
+        if name in valid_set:
+            continue
+        close = difflib.get_close_matches(name, valid, n=5, cutoff=0.6)
+        if not close:
+            # Fall back on the suffix: a misspelt layer index still finds its kind.
+            suffix = hook_suffix(name)
+            close = [v for v in valid if v.endswith(suffix)][:5]
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise UnknownHookError(
+            f"unknown hook name {name!r}.{hint} (model has {len(valid)} hook points; "
+            "see model.hook_dict for all of them)"
+        )

@@ -1,0 +1,77 @@
+"""Causal multi-head attention with TransformerLens-style hooks.
+
+q, k, v ``[b, pos, head, d_head]`` pass through ``hook_q/k/v`` (before rotary, as
+in TransformerLens). The explicit pattern ``[b, head, q, k]`` is computed only when
+``hook_attn_scores`` or ``hook_pattern`` is listened to; otherwise the fused
+``scaled_dot_product_attention`` runs. ``hook_z`` is the per-head output and
+``hook_out`` the projection back to d_model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import einsum, rearrange
+from torch import Tensor
+
+from interp.hooks import HookPoint
+
+
+def rotary(x: Tensor, base: float = 10000.0) -> Tensor:
+    """Rotary position embedding (GPT-NeoX half rotation) of x ``[b, pos, head, d_head]``."""
+    pos, d = x.shape[1], x.shape[-1]
+    half = d // 2
+    inv = base ** (-torch.arange(0, half, device=x.device, dtype=torch.float32) / half)
+    ang = torch.arange(pos, device=x.device, dtype=torch.float32)[:, None] * inv[None]  # pos half
+    cos, sin = ang.cos()[None, :, None], ang.sin()[None, :, None]
+    x1, x2 = x[..., :half].float(), x[..., half : 2 * half].float()
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half :].float()], dim=-1)
+    return out.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, positional: str = "learned", bias: bool = True):
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}")
+        self.n_heads, self.d_head = n_heads, d_model // n_heads
+        self.positional = positional
+        self.W_Q = nn.Linear(d_model, d_model, bias=bias)
+        self.W_K = nn.Linear(d_model, d_model, bias=bias)
+        self.W_V = nn.Linear(d_model, d_model, bias=bias)
+        self.W_O = nn.Linear(d_model, d_model, bias=bias)
+        for name in ("q", "k", "v", "attn_scores", "pattern", "z", "out"):
+            setattr(self, f"hook_{name}", HookPoint())
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        return rearrange(x, "b p (h e) -> b p h e", h=self.n_heads)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x ``[b, pos, d_model]`` (already normalized) -> ``[b, pos, d_model]``."""
+        q = self.hook_q(self.split_heads(self.W_Q(x)))
+        k = self.hook_k(self.split_heads(self.W_K(x)))
+        v = self.hook_v(self.split_heads(self.W_V(x)))
+        if self.positional == "rotary":
+            q, k = rotary(q), rotary(k)
+        if self.hook_pattern.listened or self.hook_attn_scores.listened:
+            z = self.explicit_attention(q, k, v)
+        else:
+            z = F.scaled_dot_product_attention(
+                rearrange(q, "b p h e -> b h p e"), rearrange(k, "b p h e -> b h p e"),
+                rearrange(v, "b p h e -> b h p e"), is_causal=True,
+            )
+            z = rearrange(z, "b h p e -> b p h e")
+        z = self.hook_z(z)
+        return self.hook_out(self.W_O(rearrange(z, "b p h e -> b p (h e)")))
+
+    def explicit_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Reference attention with the pattern materialized and hooked."""
+        P = q.shape[1]
+        scores = einsum(q, k, "b q h e, b k h e -> b h q k") / math.sqrt(self.d_head)
+        causal = torch.ones(P, P, dtype=torch.bool, device=q.device).tril()
+        scores = self.hook_attn_scores(scores.masked_fill(~causal, float("-inf")))
+        pattern = self.hook_pattern(scores.softmax(dim=-1))
+        return einsum(pattern, v, "b h q k, b k h e -> b q h e")

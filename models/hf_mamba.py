@@ -1,0 +1,70 @@
+"""Load a Hugging Face Mamba checkpoint directory (config.json + safetensors).
+
+The layout is that of ``state-spaces/mamba-130m-hf``: ``backbone.embeddings``,
+``backbone.layers.{i}.norm`` / ``.mixer.*``, ``backbone.norm_f``, optional
+``lm_head``. Only local paths: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from models.checkpoint import CheckpointError, load_state_checked
+
+
+def _hf_config(cfg: dict) -> dict:
+    """Map Hugging Face MambaConfig fields onto ours."""
+    try:
+        out = dict(
+            vocab_size=cfg["vocab_size"],
+            d_model=cfg["hidden_size"],
+            n_layers=cfg["num_hidden_layers"],
+            d_state=cfg.get("state_size", 16),
+            d_conv=cfg.get("conv_kernel", 4),
+            expand=cfg.get("expand", 2),
+            dt_rank=cfg.get("time_step_rank", "auto"),
+            bias=cfg.get("use_bias", False),
+            conv_bias=cfg.get("use_conv_bias", True),
+            norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
+            tie_embeddings=cfg.get("tie_word_embeddings", True),
+        )
+    except KeyError as e:
+        raise CheckpointError(f"Hugging Face config.json lacks field {e.args[0]!r}") from None
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise CheckpointError(f"only hidden_act='silu' is supported, got {cfg['hidden_act']!r}")
+    return out
+
+
+def _rename(key: str) -> str | None:
+    if key == "lm_head.weight":
+        return "unembed.weight"
+    key = key.removeprefix("backbone.")
+    key = key.replace("embeddings.", "embed.").replace("norm_f.", "ln_final.")
+    return key.replace("layers.", "blocks.", 1)
+
+
+def load_hf_mamba(path: str | Path, device: str | torch.device = "cpu"):
+    from models.mamba import Mamba, MambaConfig
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"Hugging Face checkpoint directory not found: {path}")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"missing {cfg_file} (a Hugging Face Mamba checkpoint has config.json)")
+    tensors_files = sorted(path.glob("*.safetensors"))
+    if not tensors_files:
+        raise CheckpointError(f"no *.safetensors file in {path}")
+    cfg = MambaConfig(**_hf_config(json.loads(cfg_file.read_text())))
+    state = {}
+    for f in tensors_files:
+        state.update({_rename(k): v for k, v in load_file(str(f)).items()})
+    if cfg.tie_embeddings:
+        state.pop("unembed.weight", None)  # HF may store the tied head too
+    model = Mamba(cfg)
+    load_state_checked(model, state, source=str(path))
+    return model.to(device)

@@ -1,0 +1,116 @@
+"""Base language model: embedding, blocks, final norm, unembedding, checked inputs.
+
+Subclasses build ``self.blocks`` and define ``config_class`` / ``model_type``; this
+class provides the forward over tokens with the shared hooks (``hook_embed``) and
+the checks every model applies to its input, the loss, and save/load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from interp.hooks import HookedModel, HookPoint
+from models.norm import make_norm
+
+
+class LanguageModel(HookedModel):
+    model_type: ClassVar[str] = ""
+    config_class: ClassVar[type] = object
+
+    def __init__(self, cfg: Any):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.hook_embed = HookPoint()
+        self.ln_final = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.unembed = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+
+    # -- input ------------------------------------------------------------
+    def check_tokens(self, tokens: Tensor) -> Tensor:
+        """Validate token ids; a 1-D sequence becomes a batch of one."""
+        if not isinstance(tokens, Tensor):
+            raise TypeError(f"tokens must be a torch.Tensor of ids, got {type(tokens).__name__}")
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
+        if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+        if tokens.shape[1] == 0:
+            raise ValueError("tokens has no positions")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.cfg.vocab_size:
+            raise ValueError(f"token ids must be in [0, {self.cfg.vocab_size}), got range [{lo}, {hi}]")
+        return tokens.long()
+
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        return self.hook_embed(self.embed(tokens))
+
+    def unembed_resid(self, resid: Tensor) -> Tensor:
+        x = self.ln_final(resid)
+        return x @ self.embed.weight.T if self.unembed is None else self.unembed(x)
+
+    def forward(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        return_type: str | None = "logits",
+        loss_mask: Tensor | None = None,
+    ) -> Float[Tensor, "batch pos vocab"] | Tensor | None:
+        """``return_type``: "logits" (default), "loss" (mean next-token CE, over
+        ``loss_mask`` positions when given), "both" ((logits, loss)) or None."""
+        if return_type not in ("logits", "loss", "both", None):
+            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        tokens = self.check_tokens(tokens)
+        resid = self.embed_tokens(tokens)
+        resid = self.run_blocks(resid)
+        logits = self.unembed_resid(resid)
+        if return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
+        loss = next_token_loss(logits, tokens, loss_mask)
+        return loss if return_type == "loss" else (logits, loss)
+
+    def run_blocks(self, resid: Tensor) -> Tensor:
+        for block in self.blocks:
+            resid = block(resid)
+        return resid
+
+    # -- checkpoints ----------------------------------------------------------
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+    def save(self, directory: str | Path) -> Path:
+        from models.checkpoint import save_model
+
+        return save_model(self, directory)
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "LanguageModel":
+        from models.checkpoint import load_model
+
+        model = load_model(directory, device=device)
+        if not isinstance(model, cls):
+            raise TypeError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+
+def next_token_loss(logits: Tensor, tokens: Tensor, loss_mask: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy of predicting tokens[:, t+1] at t, over ``loss_mask[:, t]``."""
+    pred = logits[:, :-1].float()
+    target = tokens[:, 1:]
+    if loss_mask is None:
+        return F.cross_entropy(pred.flatten(0, 1), target.flatten())
+    if loss_mask.shape != tokens.shape:
+        raise ValueError(f"loss_mask shape {tuple(loss_mask.shape)} != tokens shape {tuple(tokens.shape)}")
+    m = loss_mask[:, :-1].bool()
+    return F.cross_entropy(pred[m], target[m])

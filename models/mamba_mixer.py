@@ -1,0 +1,147 @@
+"""Instrumented Mamba-1 mixer, following mamba_ssm's ``Mamba`` module.
+
+in_proj -> (x, z); depthwise causal conv1d + silu on x -> u; x_proj(u) -> (dt, B, C);
+Δ = softplus(dt_proj(dt)); selective scan with A = −exp(A_log) and D skip;
+y ⊙ silu(z); out_proj. Every intermediate passes through a HookPoint (DESIGN §2).
+
+Hidden states (``hook_ssm_state``) are materialized only when listened to. An edit of
+them propagates to later positions exactly as ``state_override`` does (h is replaced
+at the edited positions and later states evolve from it): the difference between
+edited and scanned states is carried forward by the same decay Ā through
+``linear_recurrence``, with the carry cut at edited positions. This form also makes
+the gradient with respect to ``hook_ssm_state`` the total derivative (as if h_t alone
+were overridden), which attribution patching needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import einsum, rearrange
+from torch import Tensor
+
+from interp.hooks import HookPoint
+from kernels import linear_recurrence, selective_scan
+
+
+@dataclass
+class MixerConfig:
+    """Options of the Mamba mixer; names and defaults follow mamba_ssm."""
+
+    d_model: int
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int | str = "auto"  # "auto" = ceil(d_model / 16)
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    dt_scale: float = 1.0
+    bias: bool = False
+    conv_bias: bool = True
+    scan_backend: str = "auto"
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def rank(self) -> int:
+        return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else int(self.dt_rank)
+
+    def check(self) -> None:
+        for name in ("d_model", "d_state", "d_conv", "expand"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.dt_rank != "auto" and int(self.dt_rank) < 1:
+            raise ValueError(f"dt_rank must be 'auto' or >= 1, got {self.dt_rank!r}")
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ValueError(f"dt_min/dt_max must satisfy 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+
+
+class MambaMixer(nn.Module):
+    def __init__(self, cfg: MixerConfig, n_layers_for_init: int = 1):
+        super().__init__()
+        cfg.check()
+        self.cfg = cfg
+        d, di, n, r = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.rank
+        self.in_proj = nn.Linear(d, 2 * di, bias=cfg.bias)
+        self.conv1d = nn.Conv1d(di, di, cfg.d_conv, groups=di, padding=cfg.d_conv - 1, bias=cfg.conv_bias)
+        self.x_proj = nn.Linear(di, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, di, bias=True)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(di, 1))
+        self.D = nn.Parameter(torch.ones(di))
+        self.out_proj = nn.Linear(di, d, bias=cfg.bias)
+        self._init_dt(cfg)
+        with torch.no_grad():  # mamba_ssm's prenorm-residual rescale of out_proj
+            self.out_proj.weight /= math.sqrt(n_layers_for_init)
+
+        for name in ("x", "z", "conv", "delta", "B", "C", "ssm_state", "ssm_out", "out"):
+            setattr(self, f"hook_{name}", HookPoint())
+
+    def _init_dt(self, cfg: MixerConfig) -> None:
+        """dt_proj init of mamba_ssm: weights ~ U(±rank^-0.5·scale); bias = softplus⁻¹(dt),
+        dt log-uniform in [dt_min, dt_max]."""
+        std = cfg.rank**-0.5 * cfg.dt_scale
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(
+            torch.rand(cfg.d_inner) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min)
+        ).clamp(min=cfg.dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    @property
+    def A(self) -> Tensor:
+        return -torch.exp(self.A_log.float())
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """hidden ``[b, L, d_model]`` -> ``[b, L, d_model]``."""
+        L = hidden.shape[1]
+        cfg = self.cfg
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        x = self.hook_x(x)
+        z = self.hook_z(z)
+        u = F.silu(self.conv1d(rearrange(x, "b l d -> b d l"))[..., :L])
+        u = self.hook_conv(rearrange(u, "b d l -> b l d"))
+        dt, B, C = self.x_proj(u).split([cfg.rank, cfg.d_state, cfg.d_state], dim=-1)
+        delta = self.hook_delta(F.softplus(dt @ self.dt_proj.weight.T + self.dt_proj.bias))
+        B = self.hook_B(B)
+        C = self.hook_C(C)
+        A = self.A
+
+        want_states = self.hook_ssm_state.listened
+        want_y = self.hook_ssm_out.listened or want_states
+        res = selective_scan(
+            u, delta, A, B, C, self.D.float(), z=None if want_y else z,
+            delta_softplus=False, state_positions="all" if want_states else None,
+            backend=cfg.scan_backend,
+        )
+        y = res.out
+        if want_states:
+            y = self._states_through_hook(res.states, y, delta, A, C)
+        if want_y:
+            y = self.hook_ssm_out(y)
+            y = y * F.silu(z)
+        return self.hook_out(self.out_proj(y))
+
+    def _states_through_hook(self, h: Tensor, y: Tensor, delta: Tensor, A: Tensor, C: Tensor) -> Tensor:
+        """Fire hook_ssm_state on h ``[b, L, d_inner, d_state]`` and fold any edit into y.
+
+        e_t = a_t·e_{t-1} + (h'_t − h_t) with a_t = Ā_t except 0 where h was edited,
+        so h + e is the state sequence of a scan overridden at the edited positions,
+        and y + C·e its readout.
+        """
+        h_edit = self.hook_ssm_state(h)
+        diff = h_edit - h
+        edited = (diff != 0).flatten(2).any(-1)  # b L
+        needs_grad = torch.is_grad_enabled() and h_edit.requires_grad
+        if not bool(edited.any()) and not needs_grad:
+            return y
+        a = torch.exp(einsum(delta.float(), A, "b l d, d n -> b l d n"))
+        a = a.masked_fill(edited[:, :, None, None], 0.0)
+        e = linear_recurrence(a, diff)
+        return y + einsum(e, C.float(), "b l d n, b l n -> b l d").to(y.dtype)

@@ -1,0 +1,84 @@
+"""Pre-norm GPT-style decoder, fully hooked (TransformerLens names).
+
+embedding (+ learned positions, or rotary inside attention) -> n_layers ×
+[norm -> attention -> + resid; norm -> MLP -> + resid] -> norm -> unembed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from interp.hooks import HookPoint
+from models.attention import Attention
+from models.lm import LanguageModel
+from models.mlp import MLP
+from models.norm import make_norm
+
+
+@dataclass
+class TransformerConfig:
+    vocab_size: int = 256
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    d_mlp: int | None = None  # default 4 * d_model
+    n_ctx: int = 2048
+    positional: str = "learned"  # "learned" or "rotary"
+    norm: str = "layer"
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_ctx"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}")
+        if self.positional not in ("learned", "rotary"):
+            raise ValueError(f"positional must be 'learned' or 'rotary', got {self.positional!r}")
+        if self.d_mlp is None:
+            self.d_mlp = 4 * self.d_model
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.ln1 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.positional, cfg.bias)
+        self.ln2 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.bias)
+        self.hook_resid_pre = HookPoint()
+        self.hook_resid_mid = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, resid: Tensor) -> Tensor:
+        resid = self.hook_resid_pre(resid)
+        resid = self.hook_resid_mid(resid + self.attn(self.ln1(resid)))
+        return self.hook_resid_post(resid + self.mlp(self.ln2(resid)))
+
+
+class Transformer(LanguageModel):
+    model_type = "transformer"
+    config_class = TransformerConfig
+
+    def __init__(self, cfg: TransformerConfig | None = None, **overrides):
+        cfg = cfg or TransformerConfig(**overrides)
+        super().__init__(cfg)
+        if cfg.positional == "learned":
+            self.pos_embed = nn.Parameter(torch.randn(cfg.n_ctx, cfg.d_model) * 0.02)
+            self.hook_pos_embed = HookPoint()
+        self.blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
+        self.setup()
+
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        x = self.hook_embed(self.embed(tokens))
+        if self.cfg.positional == "learned":
+            if tokens.shape[1] > self.cfg.n_ctx:
+                raise ValueError(f"sequence of {tokens.shape[1]} positions exceeds n_ctx={self.cfg.n_ctx}")
+            x = x + self.hook_pos_embed(self.pos_embed[: tokens.shape[1]].expand_as(x))
+        return x
