@@ -64,6 +64,11 @@ class TaskBatch:
             raise KeyError(f"task {self.task!r} has no role {name!r}; roles: {sorted(self.roles)}")
         return self.roles[name]
 
+    def tokens_at(self, name: str) -> Tensor:
+        """int64 [batch, k]: the token at each position of role ``name`` (-1 where padded)."""
+        pos = self.role(name)
+        return torch.where(pos >= 0, self.tokens.gather(1, pos.clamp(min=0)), torch.full_like(pos, -1))
+
     def answer_tokens(self) -> Tensor:
         """int64 [batch, n_queries]: the token expected at each answer position (-1 pad)."""
         ans = self.role("answer")
