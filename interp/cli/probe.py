@@ -1,0 +1,100 @@
+"""``ssmlens probe``: linear probes on a checkpoint's activations, per layer × position.
+
+    ssmlens probe runs/mamba-ar --hooks resid_pre,ssm_state --target queried_value --out runs/p
+    ssmlens probe CKPT --task ar --task-arg n_pairs=8 --positions query,queried_value,eos
+
+The task defaults to the one the checkpoint was trained on (its ``train_config.json``).
+Writes a run store at ``--out``: the batch, ``results/probe/accuracy`` (dims hook,
+layer, position, metric) and the tidy table ``probe``; prints where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+NAME = "probe"
+HELP = "fit linear probes on a checkpoint's activations (accuracy per layer x position) into a run store"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint directory or training run directory")
+    p.add_argument("--out", required=True, help="run store to write (local path or fsspec URL)")
+    p.add_argument("--task", default=None, help="task name (default: the checkpoint's training task)")
+    p.add_argument("--task-arg", action="append", default=[], metavar="FIELD=VALUE",
+                   help="task config field, e.g. n_pairs=8 (repeatable; default: the training config)")
+    p.add_argument("--n", type=int, default=512, help="examples (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the batch and of the train/test split")
+    p.add_argument("--hooks", default="resid_pre", help="comma-separated hook kinds or names, e.g. resid_pre,ssm_state")
+    p.add_argument("--target", default="queried_value", help="role whose token is the label (default queried_value)")
+    p.add_argument("--positions", default="all", help="'all' or comma-separated positions / role names (query,eos,5)")
+    p.add_argument("--method", default="ridge", choices=["ridge", "logistic"], help="probe fitter (default ridge)")
+    p.add_argument("--no-control", dest="control", action="store_false", help="skip the control task")
+    p.add_argument("--test-frac", type=float, default=0.25, help="held-out fraction (default 0.25)")
+    p.add_argument("--batch-size", type=int, default=256, help="examples per forward pass")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run at --out")
+
+
+def _task_args(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"ssmlens probe: --task-arg expects FIELD=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def run(args) -> int:
+    import torch
+
+    from interp.store import create_run
+    from interp.tasks import make_task
+    from probes.ablation_spec import _load_checkpoint
+    from probes.linear import probe_sweep, sweep_table
+
+    model = _load_checkpoint(args.checkpoint).to(args.device).eval()
+    task_name, task_cfg = args.task, {}
+    try:
+        from interp.training.checkpointing import find_train_config, resolve_checkpoint
+
+        trained = find_train_config(resolve_checkpoint(args.checkpoint)) or {}
+    except ImportError:
+        trained = {}
+    if task_name is None or task_name == trained.get("task"):
+        task_name = task_name or trained.get("task")
+        task_cfg = dict(trained.get("task_config") or {})
+    if task_name is None:
+        print("ssmlens probe: give --task (the checkpoint has no training config naming one)", file=sys.stderr)
+        return 2
+    task_cfg.update(_task_args(args.task_arg))
+    batch = make_task(task_name, **task_cfg).sample(args.n, args.seed)
+    positions = args.positions if args.positions == "all" else [
+        int(p) if p.strip().lstrip("-").isdigit() else p.strip() for p in args.positions.split(",")]
+    torch.set_grad_enabled(False)
+    da = probe_sweep(model, batch, args.hooks, args.target, positions, method=args.method,
+                     control=args.control, test_frac=args.test_frac, seed=args.seed,
+                     batch_size=args.batch_size, progress=True)
+    config = {"kind": "probe", "checkpoint": str(args.checkpoint), "task": task_name, "task_config": task_cfg,
+              "n": args.n, "seed": args.seed, "hooks": args.hooks, "target": args.target,
+              "positions": args.positions, "method": args.method, "control": args.control,
+              "test_frac": args.test_frac}
+    table = sweep_table(da)
+    best = {}
+    for hook in da.hook.values:
+        acc = da.sel(hook=hook, metric="test_acc")
+        if bool(acc.notnull().any()):
+            best[f"best_test_acc/{hook}"] = float(acc.max())
+    with create_run(args.out, config, overwrite=args.overwrite) as w:
+        w.set_checkpoint(str(args.checkpoint))
+        w.write_batch(batch)
+        w.write_result("probe/accuracy", da)
+        w.write_table("probe", table)
+        w.set_metrics(best)
+    for k, v in best.items():
+        print(f"  {k.split('/', 1)[1]:28s} best held-out accuracy {v:.3f}")
+    print(f"wrote probe run store: {args.out}")
+    return 0
