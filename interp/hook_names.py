@@ -31,6 +31,8 @@ HOOK_DIMS: dict[str, tuple[str, ...]] = {
     "attn.hook_q": ("batch", "pos", "head", "d_head"),
     "attn.hook_k": ("batch", "key_pos", "head", "d_head"),
     "attn.hook_v": ("batch", "key_pos", "head", "d_head"),
+    "attn.hook_k_fading": ("batch", "pos", "head", "d_head"),  # B'MOJO: each query's fading key
+    "attn.hook_v_fading": ("batch", "pos", "head", "d_head"),
     "attn.hook_z": ("batch", "pos", "head", "d_head"),
     "attn.hook_attn_scores": ("batch", "head", "query_pos", "key_pos"),
     "attn.hook_pattern": ("batch", "head", "query_pos", "key_pos"),

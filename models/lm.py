@@ -85,6 +85,11 @@ class LanguageModel(HookedModel):
             resid = block(resid)
         return resid
 
+    def auxiliary_losses(self) -> dict[str, Tensor]:
+        """Extra training losses from the last forward (MoE balance, B'MOJO predictor);
+        the trainer adds them to the task loss. None for plain models."""
+        return {}
+
     # -- checkpoints ----------------------------------------------------------
     def config_dict(self) -> dict:
         return asdict(self.cfg)

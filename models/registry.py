@@ -8,6 +8,8 @@ _REGISTRY: dict[str, str] = {
     # name -> "module:Class", imported lazily so each model stays optional
     "mamba": "models.mamba:Mamba",
     "transformer": "models.transformer:Transformer",
+    "bmojo": "models.bmojo:BMojo",
+    "moe_mamba": "models.moe_mamba:MoEMamba",
 }
 
 

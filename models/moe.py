@@ -1,0 +1,108 @@
+"""Switch mixture-of-experts feed-forward layer (Fedus et al., 2021), hooked.
+
+x ``[b, L, d_model]`` -> router logits ``[b, L, E]`` (``hook_router_logits``) ->
+p = softmax -> top-1 expert ``[b, L]`` (``hook_expert``, int64; −1 = no expert) ->
+capacity: per sequence, expert i keeps its first C = ceil(capacity_factor · L / E)
+tokens in position order, the rest are dropped (``hook_drop``, float 1 = the token
+only passes through the residual: over capacity or routed to no expert) ->
+out_t = p_{i_t}(x_t) · FFN_{i_t}(x_t) for kept tokens, 0 for dropped ones
+(``hook_expert_out``).
+
+Capacity is counted per sequence (not over the flattened batch as in Switch's TPU
+implementation) so that a token's fate depends only on earlier tokens of its own
+sequence: the layer stays causal and batch-independent.
+
+Ablating expert e (its tokens go to the residual) is one hook::
+
+    model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.moe.hook_expert", ablate_expert(e))])
+
+The load-balancing loss of the last forward is α · E · Σ_i f_i · P_i, f_i the
+fraction of tokens dispatched to expert i, P_i the mean router probability of i.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from interp.hooks import HookPoint
+
+
+def load_balancing_loss(
+    probs: Float[Tensor, "... expert"], expert: Int[Tensor, "..."], alpha: float = 0.01
+) -> Tensor:
+    """α · E · Σ_i f_i · P_i over all tokens; expert −1 (no expert) counts for none."""
+    E = probs.shape[-1]
+    probs = probs.reshape(-1, E).float()
+    chosen = expert.reshape(-1)
+    f = F.one_hot(chosen.clamp(min=0), E).float() * (chosen >= 0)[:, None]
+    return alpha * E * (f.mean(0) * probs.mean(0)).sum()
+
+
+def ablate_expert(e: int):
+    """A ``hook_expert`` hook routing expert e's tokens to the residual."""
+    return lambda expert, hook: expert.masked_fill(expert == e, -1)
+
+
+def capacity(capacity_factor: float, L: int, n_experts: int) -> int:
+    """Tokens per expert and sequence: ceil(capacity_factor · L / E)."""
+    return math.ceil(capacity_factor * L / n_experts)
+
+
+def dispatch_mask(expert: Int[Tensor, "batch pos"], n_experts: int, cap: int) -> Tensor:
+    """True where the token is kept: routed to an expert and among its first ``cap``
+    tokens of the sequence."""
+    onehot = F.one_hot(expert.clamp(min=0), n_experts) * (expert >= 0)[..., None]  # b L E
+    slot = (onehot.cumsum(1) * onehot).sum(-1) - 1  # 0-based rank within its expert; −1 if none
+    return (expert >= 0) & (slot < cap)
+
+
+class SwitchMoE(nn.Module):
+    def __init__(self, d_model: int, d_ff: int, n_experts: int, capacity_factor: float = 1.25,
+                 alpha: float = 0.01, bias: bool = True):
+        super().__init__()
+        self.n_experts, self.capacity_factor, self.alpha = n_experts, float(capacity_factor), float(alpha)
+        self.router = nn.Linear(d_model, n_experts, bias=False)
+        nn.init.normal_(self.router.weight, std=0.02)
+        # expert FFNs stacked: expert i is gelu(x @ W_in[i] + b_in[i]) @ W_out[i] + b_out[i]
+        bi, bo = 1 / math.sqrt(d_model), 1 / math.sqrt(d_ff)  # nn.Linear's init scale
+        self.W_in = nn.Parameter(torch.empty(n_experts, d_model, d_ff).uniform_(-bi, bi))
+        self.W_out = nn.Parameter(torch.empty(n_experts, d_ff, d_model).uniform_(-bo, bo))
+        self.b_in = nn.Parameter(torch.empty(n_experts, d_ff).uniform_(-bi, bi)) if bias else None
+        self.b_out = nn.Parameter(torch.empty(n_experts, d_model).uniform_(-bo, bo)) if bias else None
+        for name in ("router_logits", "expert", "drop", "expert_out"):
+            setattr(self, f"hook_{name}", HookPoint())
+        self.balance_loss: Tensor | None = None
+
+    def expert_ffn(self, i: int, x: Tensor) -> Tensor:
+        h = x @ self.W_in[i]
+        if self.b_in is not None:
+            h = h + self.b_in[i]
+        h = F.gelu(h) @ self.W_out[i]
+        return h + self.b_out[i] if self.b_out is not None else h
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        """Switch layer output (0 at dropped tokens); add it to the residual."""
+        b, L, d = x.shape
+        logits = self.hook_router_logits(self.router(x))
+        probs = logits.float().softmax(-1)
+        expert = self.hook_expert(probs.argmax(-1))
+        if expert.dtype != torch.long or bool(((expert < -1) | (expert >= self.n_experts)).any()):
+            raise ValueError(f"hook_expert must hold int64 experts in [-1, {self.n_experts}), got {expert.dtype}")
+        self.balance_loss = load_balancing_loss(probs, expert, self.alpha)
+        kept = dispatch_mask(expert, self.n_experts, capacity(self.capacity_factor, L, self.n_experts))
+        kept = self.hook_drop((~kept).to(x.dtype)) < 0.5
+        gate = probs.gather(-1, expert.clamp(min=0)[..., None])[..., 0]  # b L
+        flat_x, flat_e, flat_k = x.reshape(-1, d), expert.reshape(-1), kept.reshape(-1)
+        out = torch.zeros_like(flat_x)
+        for i in range(self.n_experts):
+            idx = torch.nonzero((flat_e == i) & flat_k).squeeze(-1)
+            if idx.numel():
+                out = out.index_copy(0, idx, self.expert_ffn(i, flat_x[idx]))
+        out = out.reshape(b, L, d) * gate[..., None].to(x.dtype)
+        return self.hook_expert_out(out)
