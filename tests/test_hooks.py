@@ -7,7 +7,7 @@ from nnsight import NNsight
 
 from interp.hook_names import UnknownHookError, dims_for
 from interp.hooks import HookShapeError
-from models import Mamba, Transformer
+from models import BMojo, Mamba, MoEMamba, Transformer
 
 B, P, V = 2, 11, 40
 
@@ -18,6 +18,8 @@ def _models():
         "mamba": Mamba(vocab_size=V, d_model=32, n_layers=2, d_state=8),
         "transformer": Transformer(vocab_size=V, d_model=32, n_layers=2, n_heads=4),
         "transformer_rotary": Transformer(vocab_size=V, d_model=32, n_layers=2, n_heads=4, positional="rotary"),
+        "bmojo": BMojo(vocab_size=V, d_model=32, n_layers=2, n_heads=4, d_state=8, window=4, memory_size=3),
+        "moe_mamba": MoEMamba(vocab_size=V, d_model=32, n_layers=2, d_state=8, n_experts=3),
     }
 
 
@@ -35,6 +37,12 @@ EXPECTED = {
         "attn.hook_z", "attn.hook_pattern", "attn.hook_out", "mlp.hook_out")],
 }
 EXPECTED["transformer_rotary"] = EXPECTED["transformer"]
+EXPECTED["bmojo"] = [n for n in EXPECTED["mamba"] + EXPECTED["transformer"] if n != "hook_embed"] + [
+    f"blocks.{l}.memory.hook_{s}" for l in range(2) for s in ("innovation", "write", "fading")] + ["hook_embed"]
+EXPECTED["moe_mamba"] = EXPECTED["mamba"] + [
+    f"blocks.{l}.moe.hook_{s}" for l in range(2) for s in ("router_logits", "expert", "expert_out", "drop")]
+# B'MOJO's key axis holds every token plus the query's own fading token (models/bmojo_attention.py)
+KEY_EXTRA = {"bmojo": 1}
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -45,9 +53,12 @@ def test_every_hook_fires_with_documented_shape(name):
     hooks = [(h, lambda x, hook: seen.__setitem__(hook.name, tuple(x.shape))) for h in model.hook_dict]
     model.run_with_hooks(tokens, fwd_hooks=hooks)
     assert set(seen) == set(model.hook_dict), "some hook point did not fire"
+    sizes = dict(SIZES, key_pos=P + KEY_EXTRA.get(name, 0), expert=3)
     for hook_name in EXPECTED[name]:
         assert hook_name in seen, hook_name
-        want = tuple(SIZES[d] for d in dims_for(hook_name))
+        want = tuple(sizes[d] for d in dims_for(hook_name))
+        if hook_name.endswith(("attn.hook_k", "attn.hook_v")):
+            want = (B, P, 4, 8)  # keys as projected: one per token
         assert seen[hook_name] == want, (hook_name, seen[hook_name], want)
 
 
