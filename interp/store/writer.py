@@ -1,0 +1,304 @@
+"""RunWriter: fills one run group (batch, cache, results, tables, metrics) and seals it.
+
+Every write returns once its data is on the store (appended rows: once they fill
+whole chunks, the rest at ``finish()``), and each array's ``ssmlens_rows`` is raised
+only after its rows were written; ``finish()`` writes the completion
+marker last. A writer killed at any point therefore leaves a run that readers see as
+incomplete, with every array showing exactly the rows that reached the store.
+
+Not thread-safe: one writer per run, used from one thread (it writes chunks from a
+small pool of its own).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import sys
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+from zarr.errors import ContainsArrayError, ContainsGroupError
+
+from interp.hook_names import dims_for
+from interp.store import layout as L
+from interp.store.appender import Appender, Job, commit, grow
+from interp.store.chunked import write_many
+from interp.store.encoding import (
+    CHUNK_BYTES, choose_chunks, compressors_for, is_bit_stored, to_json, to_numpy,
+)
+from interp.store.errors import RunClosedError
+from interp.store.tables import encode_column, flatten
+from interp.tasks.base import TaskBatch
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class RunWriter:
+    """Writes one run; made by ``create_run``. Use as a context manager::
+
+        with create_run("runs/mamba-ar", config) as w:
+            w.write_batch(batch)
+            w.write_cache(cache)                      # dict[str, Tensor] or ActivationCache
+            w.write_result("patching/resid_pre", scores, ("layer", "pos"))
+        # normal exit -> finish(); an exception -> abort(): data flushed, not complete
+    """
+
+    def __init__(
+        self, group: zarr.Group, url: str, *, compression: str = "auto",
+        chunk_bytes: int = CHUNK_BYTES, workers: int = 4,
+    ) -> None:
+        self.url = url
+        self.compression = compression
+        self.chunk_bytes = chunk_bytes
+        self._group = group
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ssmlens-store")
+        self._appenders: dict[str, Appender] = {}
+        self._paths: set[str] = set()  # every node made so far (the run started empty)
+        self._state = "open"
+
+    # ---- arrays -------------------------------------------------------------------
+
+    def _create(self, path: str, name: str, shape: tuple[int, ...], dtype: np.dtype,
+                dims: tuple[str, ...], attrs: dict[str, Any], torch_dtype: str | None) -> zarr.Array:
+        if len(dims) != len(shape):
+            raise ValueError(f"{name}: {len(dims)} dims {dims} for an array of shape {shape}")
+        if torch_dtype is not None:
+            attrs = {**attrs, L.TORCH_DTYPE_ATTR: torch_dtype}
+        if path in self._paths:
+            raise ValueError(f"{name!r} was already written to this run ({path})")
+        self._paths.add(path)
+        itemsize = dtype.itemsize if dtype != object else 16  # strings: a guess per item
+        # Appended arrays start empty: chunk them as if unbounded along axis 0.
+        extent = (sys.maxsize, *shape[1:]) if shape[:1] == (0,) else shape
+        try:
+            return self._group.create_array(
+                path, shape=shape, dtype=str if dtype == object else dtype,
+                chunks=choose_chunks(extent, itemsize, self.chunk_bytes),
+                compressors=compressors_for(
+                    dtype, self.compression, floating=dtype.kind in "fc" or is_bit_stored(torch_dtype)
+                ),
+                dimension_names=dims or None,
+                attributes={L.NAME_ATTR: name, L.ROWS_ATTR: 0, **attrs},
+                # Skip zarr's scan for all-fill chunks: costs a pass over the data, and an
+                # explicit chunk for every written row keeps "what was written" unambiguous.
+                config={"write_empty_chunks": True},
+                # Chunk files side by side (c.0.0.0) rather than nested folders (c/0/0/0):
+                # one folder per chunk row doubled the CPU cost of writes (benchmarks/store.py).
+                chunk_key_encoding={"name": "default", "separator": "."},
+            )
+        except (ContainsArrayError, ContainsGroupError):
+            raise ValueError(f"{name!r} was already written to this run ({path})") from None
+
+    def _write(self, path: str, name: str, value: Any, dims: tuple[str, ...] | None,
+               attrs: dict[str, Any] | None = None) -> None:
+        self._write_all([(path, name, value, dims, attrs)])
+
+    def _write_all(self, items: list[tuple[str, str, Any, tuple[str, ...] | None, dict | None]]) -> None:
+        """Create arrays (path, name, value, dims, attrs), write all their chunks
+        together, then commit each one's rows: no array claims data before it is stored."""
+        self._check_open()
+        paths = [path for path, *_ in items]
+        for path, name, *_ in items:  # refuse duplicates before creating anything
+            if path in self._paths or paths.count(path) > 1:
+                raise ValueError(f"{name!r} was already written to this run ({path})")
+
+        def create(item: tuple) -> tuple[zarr.Array, np.ndarray, int]:
+            path, name, value, dims, attrs = item
+            data, torch_dtype = to_numpy(value)
+            dims = tuple(dims) if dims is not None else tuple(f"dim_{i}" for i in range(data.ndim))
+            return self._create(path, name, data.shape, data.dtype, dims, attrs or {}, torch_dtype), data, 0
+
+        # Metadata writes are small and many: issue them concurrently, like the chunks.
+        jobs = list(self._pool.map(create, items))
+        write_many(jobs, self._pool)
+
+        def commit(job: tuple[zarr.Array, np.ndarray, int]) -> None:
+            array, data, _ = job
+            array.update_attributes({L.ROWS_ATTR: data.shape[0] if data.ndim else 1})
+
+        list(self._pool.map(commit, jobs))
+
+    def write_batch(self, batch: TaskBatch) -> None:
+        """tokens/loss_mask ``[batch, pos]`` and roles ``[batch, k]`` -> ``batch/``."""
+        self._write_all([
+            (f"{L.BATCH}/tokens", "tokens", batch.tokens, ("batch", "pos"), None),
+            (f"{L.BATCH}/loss_mask", "loss_mask", batch.loss_mask, ("batch", "pos"), None),
+            *[(f"{L.BATCH}/{L.ROLES}/{L.escape_segment(role)}", role, pos, ("batch", "k"), None)
+              for role, pos in batch.roles.items()],
+        ])
+        # Written last: a batch group without "task" is one whose writer was cut short.
+        self._group[L.BATCH].update_attributes({
+            "task": batch.task, "vocab_size": int(batch.vocab_size),
+            "config": to_json(batch.config), "roles": list(batch.roles),
+        })
+
+    def write_cache(self, cache: Any, names: Iterable[str] | None = None) -> None:
+        """One array per hook (``cache/<hook name>``, dims from ``dims_for``).
+
+        ``cache``: a ``dict[str, Tensor]``, a transformer_lens ``ActivationCache`` or
+        anything with ``.items()``; ``names`` keeps only those hooks.
+        """
+        keep = None if names is None else set(names)
+        self._write_all([
+            (f"{L.CACHE}/{L.escape_segment(name)}", name, value, dims_for(name, value.ndim), None)
+            for name, value in cache.items() if keep is None or name in keep
+        ])
+
+    def append(self, name: str, chunk: Any, dims: Iterable[str] | None = None) -> None:
+        """Stream rows ``chunk`` (``[n, *trailing]``) onto ``cache/<name>`` along axis 0.
+
+        Rows are buffered until whole zarr chunks can be written; the remainder is
+        written by ``finish()`` (or ``abort()``). ``dims`` default: ``dims_for(name)``.
+        """
+        self._append_all([(name, chunk, dims)])
+
+    def append_cache(self, cache: Any) -> None:
+        """``append`` every entry of a cache (one forward pass's worth of rows); the
+        chunks that fill up are written together."""
+        self._append_all([(name, value, None) for name, value in cache.items()])
+
+    def _append_all(self, items: list[tuple[str, Any, Iterable[str] | None]]) -> None:
+        self._check_open()
+        rows = []
+        for name, chunk, dims in items:  # check everything before buffering anything
+            data, torch_dtype = to_numpy(chunk)
+            if data.ndim == 0:
+                raise ValueError(f"{name}: append needs rows ([n, ...]), got a scalar")
+            appender = self._appenders.get(name)
+            if appender is None:
+                dims = tuple(dims) if dims is not None else dims_for(name, data.ndim)
+                path = f"{L.CACHE}/{L.escape_segment(name)}"
+                array = self._create(path, name, (0, *data.shape[1:]), data.dtype, dims, {}, torch_dtype)
+                appender = self._appenders[name] = Appender(array)
+            appender.check(data)
+            rows.append((appender, data))
+        self._run_jobs([(a, a.add(data)) for a, data in rows])
+
+    def _run_jobs(self, jobs: list[tuple[Appender, list[Job]]]) -> None:
+        """Write the appenders' jobs together, then commit each (rows after data)."""
+        jobs = [(a, job) for a, some in jobs for job in some]
+        grow([job for _, job in jobs])
+        write_many([job for _, job in jobs], self._pool)
+        commit(jobs)
+
+    # ---- labelled results and tables ----------------------------------------------
+
+    def write_result(self, name: str, data: Any, dims: Iterable[str] | None = None,
+                     coords: Mapping[str, Iterable[Any]] | None = None,
+                     attrs: Mapping[str, Any] | None = None) -> None:
+        """A labelled array ``results/<name>`` (``name`` may hold ``/`` levels).
+
+        ``data``: tensor, array or ``xarray.DataArray`` (whose dims, dimension
+        coordinates and attrs are used when not given). ``coords``: dim -> labels, one
+        per index along that dim (ints, floats or strings).
+        """
+        if isinstance(data, xr.DataArray):
+            dims = data.dims if dims is None else dims
+            coords = {d: data[d].values for d in data.dims if d in data.coords} if coords is None else coords
+            attrs = data.attrs if attrs is None else attrs
+            data = data.values
+        values, _ = to_numpy(data)
+        if dims is None:
+            raise ValueError(f"result {name!r}: give dims (one name per axis of shape {values.shape})")
+        dims = tuple(dims)
+        labels = {}
+        for dim, vals in (coords or {}).items():
+            if dim not in dims:
+                raise ValueError(f"result {name!r}: coords for {dim!r}, which is not one of dims {dims}")
+            vals = to_json(vals.tolist() if hasattr(vals, "tolist") else list(vals))
+            if len(vals) != values.shape[dims.index(dim)]:
+                raise ValueError(f"result {name!r}: {len(vals)} labels for dim {dim!r} of length "
+                                 f"{values.shape[dims.index(dim)]}")
+            labels[dim] = vals
+        extra = {L.KIND_ATTR: "result", L.COORDS_ATTR: labels, L.USER_ATTRS_ATTR: to_json(dict(attrs or {}))}
+        self._write(f"{L.RESULTS}/{L.escape_path(name)}", name, data, dims, extra)
+
+    def write_table(self, name: str, df: pd.DataFrame) -> None:
+        """A DataFrame as ``tables/<name>/<column>``, one 1-d array per column."""
+        self._check_open()
+        flat, table_attrs = flatten(df)
+        path = f"{L.TABLES}/{L.escape_path(name)}"
+        if path in self._paths:
+            raise ValueError(f"table {name!r} was already written to this run ({path})")
+        columns = []
+        for column in flat.columns:
+            values, attrs = encode_column(column, flat[column])
+            key = f"{path}/{L.escape_segment(str(column))}"
+            columns.append((key, str(column), values, ("row",), {**attrs, "column": to_json(column)}))
+        group = self._group.create_group(path)
+        self._paths.add(path)
+        self._write_all(columns)
+        group.update_attributes({L.NAME_ATTR: name, **table_attrs})  # last: marks the table whole
+
+    # ---- run attributes -----------------------------------------------------------
+
+    def set_metrics(self, metrics: Mapping[str, Any] | None = None, /, **more: Any) -> None:
+        """Merge into the run's ``metrics`` attribute (JSON: numbers, strings, lists)."""
+        self._check_open()
+        merged = {**self._group.attrs.get(L.METRICS_ATTR, {}), **to_json({**(metrics or {}), **more})}
+        self._group.update_attributes({L.METRICS_ATTR: merged})
+
+    def set_checkpoint(self, path: str, *, sha256: str | None = None, compute_hash: bool = False) -> None:
+        """Record the checkpoint the run came from; ``compute_hash`` reads it for a sha256."""
+        self._check_open()
+        if compute_hash and sha256 is None:
+            digest = hashlib.sha256()
+            with fsspec.open(str(path), "rb") as f:
+                while block := f.read(2**22):
+                    digest.update(block)
+            sha256 = digest.hexdigest()
+        self._group.update_attributes({L.CHECKPOINT_ATTR: {"path": str(path), "sha256": sha256}})
+
+    # ---- lifecycle ----------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Flush every appended array, then mark the run complete (the last write)."""
+        if self._state == "finished":
+            return
+        self._check_open()
+        self._run_jobs([(a, a.close()) for a in self._appenders.values()])
+        self._pool.shutdown()
+        self._group.update_attributes({L.COMPLETE_ATTR: True, L.FINISHED_ATTR: now()})
+        self._state = "finished"
+
+    def abort(self, error: BaseException | str | None = None) -> None:
+        """Flush what was buffered and record ``error``; the run stays incomplete."""
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        reason = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
+        reason = reason or "aborted"
+        try:
+            self._run_jobs([(a, a.close()) for a in self._appenders.values()])
+        except Exception as e:  # still record why the run stopped
+            reason += f"; flushing appended rows failed: {type(e).__name__}: {e}"
+        self._pool.shutdown()
+        self._group.update_attributes({L.ERROR_ATTR: reason, L.FINISHED_ATTR: now()})
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise RunClosedError(f"run {self.url} is {self._state}: no more writes")
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None:
+            try:
+                self.abort(exc)
+            except Exception as e:  # the caller's exception matters more than ours
+                exc.add_note(f"ssmlens: recording the failure in {self.url} failed too: {e!r}")
+        elif self._state == "open":
+            self.finish()
+
+    def __repr__(self) -> str:
+        return f"RunWriter({self.url!r}, {self._state})"

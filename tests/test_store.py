@@ -1,0 +1,418 @@
+"""The run store (interp.store): exact round trips, lazy reads, crash safety, errors, listing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+import zarr
+
+from interp.store import (
+    CorruptRunError, IncompleteRunError, MissingEntryError, NotARunError, RunClosedError,
+    RunExistsError, RunNotFoundError, create_run, list_runs, open_run,
+)
+from interp.tasks.base import TaskBatch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_batch() -> TaskBatch:
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 64, (6, 10), generator=g)
+    mask = torch.zeros(6, 10, dtype=torch.bool)
+    mask[:, 7] = True
+    roles = {"key": torch.randint(0, 10, (6, 3), generator=g), "answer": torch.full((6, 1), 8)}
+    roles["answer"][2] = -1
+    return TaskBatch(tokens, mask, roles, 64, "mqar", {"n_pairs": 3, "gaps": (1, 2)})
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """Same-width integer view: equal bits <=> exact round trip (NaN included)."""
+    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    return t.view(ints[t.element_size()]) if t.is_floating_point() else t
+
+
+def mem_url() -> str:
+    return f"memory://ssmlens-test-{uuid.uuid4().hex}"
+
+
+CACHE = {
+    "hook_embed": torch.randn(6, 10, 8),
+    # NaN, inf, -0.0 and a subnormal: exactness means bits, not values.
+    "blocks.0.mixer.hook_delta": torch.tensor([float("nan"), float("inf"), -0.0, 1e-42])
+    .repeat(60).view(6, 10, 4),
+    "blocks.0.mixer.hook_B": torch.randn(6, 10, 4).bfloat16(),
+    "blocks.0.mixer.hook_ssm_state": torch.randn(6, 10, 4, 2, dtype=torch.float64),
+    "blocks.0.attn.hook_pattern": torch.rand(6, 2, 10, 10).half(),
+    "blocks.0.moe.hook_expert": torch.randint(-5, 5, (6, 10)),
+    "blocks.0.memory.hook_write": torch.rand(6, 10) > 0.5,
+    "blocks.1.moe.hook_expert": torch.randint(0, 200, (6, 10), dtype=torch.uint8),
+}
+
+
+def test_every_array_round_trips_exactly_with_dims(tmp_path):
+    batch = make_batch()
+    with create_run(tmp_path / "run", {"model": "mamba"}) as w:
+        w.write_batch(batch)
+        w.write_cache(CACHE)
+    run = open_run(tmp_path / "run")
+    for name, t in CACHE.items():
+        lazy = run.cache[name]
+        got = lazy.load()
+        assert got.dtype == t.dtype and got.shape == t.shape, name
+        assert torch.equal(bits(got), bits(t)), name
+    # dimension_names are in the zarr metadata itself, for any zarr reader.
+    raw = zarr.open_group(str(tmp_path / "run"), mode="r")
+    state = raw["cache/blocks.0.mixer.hook_ssm_state"]
+    assert state.metadata.dimension_names == ("batch", "pos", "d_inner", "d_state")
+    assert run.cache["blocks.0.attn.hook_pattern"].dims == ("batch", "head", "query_pos", "key_pos")
+    got = run.batch()
+    assert torch.equal(got.tokens, batch.tokens) and got.tokens.dtype == torch.int64
+    assert torch.equal(got.loss_mask, batch.loss_mask) and got.loss_mask.dtype == torch.bool
+    assert list(got.roles) == ["key", "answer"]
+    assert all(torch.equal(got.roles[r], batch.roles[r]) for r in batch.roles)
+    assert (got.vocab_size, got.task, got.config) == (64, "mqar", {"n_pairs": 3, "gaps": [1, 2]})
+
+
+def test_activation_cache_in_and_out(tmp_path):
+    from transformer_lens import ActivationCache
+
+    with create_run(tmp_path / "r", {}) as w:
+        w.write_cache(ActivationCache(dict(CACHE), None), names=["hook_embed", "blocks.0.mixer.hook_B"])
+    cache = open_run(tmp_path / "r").cache
+    assert list(cache) == ["blocks.0.mixer.hook_B", "hook_embed"]  # natural order of names
+    ac = cache.to_activation_cache(names=["blocks.0.mixer.hook_B"])
+    assert isinstance(ac, ActivationCache) and list(ac.keys()) == ["blocks.0.mixer.hook_B"]
+    assert torch.equal(bits(ac["blocks.0.mixer.hook_B"]), bits(CACHE["blocks.0.mixer.hook_B"]))
+    with pytest.raises(MissingEntryError, match="hook_B"):  # suggests the close name
+        cache["blocks.0.mixer.hook_b"]
+
+
+def test_lazy_slicing_matches_numpy_and_reads_only_needed_chunks(tmp_path):
+    x = torch.arange(20 * 6 * 5, dtype=torch.float32).view(20, 6, 5)
+    with create_run(tmp_path / "r", {}, chunk_bytes=4 * 6 * 5 * 4) as w:  # 4 rows per chunk
+        w.write_cache({"blocks.0.hook_resid_pre": x})
+    lazy = open_run(tmp_path / "r").cache["blocks.0.hook_resid_pre"]
+    assert lazy.shape == (20, 6, 5) and lazy.chunks == (4, 6, 5)
+    keys = [3, -1, (slice(2, 9), 1), (..., 2), (slice(None, None, 3), slice(1, 5, 2)), slice(15, 2, -2),
+            [7, 0, 7], torch.tensor([19, 4]), (np.arange(20) % 3 == 0, 0, ...), slice(30, 40)]
+    for key in keys:
+        expected = x.numpy()[key if not isinstance(key, torch.Tensor) else key.numpy()]
+        np.testing.assert_array_equal(lazy[key].numpy(), expected, err_msg=str(key))
+    with pytest.raises(IndexError):
+        lazy[20]
+    # Damage the chunk of rows 8..11: rows elsewhere still read, those rows fail clearly.
+    chunk = tmp_path / "r/cache/blocks.0.hook_resid_pre/c.2.0.0"
+    chunk.write_bytes(b"garbage")
+    assert torch.equal(lazy[:8], x[:8]) and torch.equal(lazy[12:], x[12:])
+    with pytest.raises(CorruptRunError, match="hook_resid_pre"):
+        lazy[9]
+
+
+def test_direct_chunk_writes_match_zarrs_own_encoding(tmp_path):
+    x = torch.randn(8, 5, 6)
+    bf = torch.randn(8, 5, 6).bfloat16()
+    with create_run(tmp_path / "r", {}, chunk_bytes=4 * 5 * 6 * 4) as w:  # 4 rows a chunk
+        w.write_cache({"hook_embed": x, "blocks.0.hook_resid_pre": bf})
+    for name, values in [("hook_embed", x.numpy()), ("blocks.0.hook_resid_pre", bf.view(torch.int16).numpy())]:
+        ours_dir, theirs_dir = tmp_path / "r/cache" / name, tmp_path / "zarr" / name
+        ours = zarr.open_array(str(ours_dir), mode="r")
+        theirs = zarr.create_array(str(theirs_dir), shape=ours.shape, dtype=ours.dtype,
+                                   chunks=ours.chunks, compressors=None,
+                                   chunk_key_encoding={"name": "default", "separator": "."})
+        theirs[:] = values.view(ours.dtype)
+        chunks = sorted(p.name for p in theirs_dir.glob("c.*"))
+        assert chunks and chunks == sorted(p.name for p in ours_dir.glob("c.*"))
+        for key in chunks:
+            assert (ours_dir / key).read_bytes() == (theirs_dir / key).read_bytes(), (name, key)
+
+
+@pytest.mark.parametrize("compression", ["auto", "zstd"])
+def test_rows_larger_than_a_chunk_are_split_along_pos(tmp_path, compression):
+    x = torch.randn(3, 11, 8)
+    with create_run(tmp_path / "r", {}, chunk_bytes=4 * 8 * 4, compression=compression) as w:
+        w.write_cache({"blocks.0.mixer.hook_ssm_out": x})  # 4 positions a chunk, an edge of 3
+        w.append("blocks.1.mixer.hook_ssm_out", x[:2])
+        w.append("blocks.1.mixer.hook_ssm_out", x[2:])
+    cache = open_run(tmp_path / "r").cache
+    for name in ("blocks.0.mixer.hook_ssm_out", "blocks.1.mixer.hook_ssm_out"):
+        assert cache[name].chunks == (1, 4, 8) and torch.equal(cache[name].load(), x)
+
+
+def test_append_writes_whole_chunks_and_flushes_remainder(tmp_path, monkeypatch):
+    from zarr.storage import LocalStore
+
+    sets, gets = [], []
+    real_set, real_get = LocalStore.set, LocalStore.get
+
+    async def spy_set(self, key, value):
+        sets.append(key)
+        return await real_set(self, key, value)
+
+    async def spy_get(self, key, *args, **kwargs):
+        gets.append(key)
+        return await real_get(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "set", spy_set)
+    monkeypatch.setattr(LocalStore, "get", spy_get)
+    full = torch.randn(23, 3, 4)
+    with create_run(tmp_path / "r", {}, chunk_bytes=5 * 3 * 4 * 4) as w:  # 5 rows per chunk
+        for lo, hi in [(0, 2), (2, 3), (3, 11), (11, 12), (12, 23)]:
+            w.append("blocks.0.hook_resid_post", full[lo:hi])
+    # Each chunk was put exactly once, whole (the last one cut by the end), never read back.
+    prefix = "cache/blocks.0.hook_resid_post/c."
+    assert sorted(k for k in sets if k.startswith(prefix)) == [f"{prefix}{i}.0.0" for i in range(5)]
+    assert not [k for k in gets if k.startswith(prefix)]
+    lazy = open_run(tmp_path / "r").cache["blocks.0.hook_resid_post"]
+    assert lazy.shape == (23, 3, 4) and lazy.chunks[0] == 5
+    assert torch.equal(lazy.load(), full)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_append_random_pieces_from_a_reused_caller_buffer(tmp_path, seed):
+    g = torch.Generator().manual_seed(seed)
+    total = torch.randn(50, 3, generator=g)
+    bounds = [0, *sorted(torch.randint(0, 51, (8,), generator=g).tolist()), 50]  # empty pieces too
+    scratch = torch.empty(50, 3)
+    with create_run(tmp_path / "r", {}, chunk_bytes=7 * 3 * 4) as w:  # 7 rows per chunk
+        for lo, hi in zip(bounds, bounds[1:]):
+            piece = scratch[: hi - lo]
+            piece.copy_(total[lo:hi])
+            w.append("probe.features", piece, dims=("batch", "feature"))
+            scratch.fill_(float("nan"))  # the caller reuses its buffer at once
+    got = open_run(tmp_path / "r").cache["probe.features"]
+    assert got.dims == ("batch", "feature") and got.chunks == (7, 3)
+    assert torch.equal(got.load(), total)
+
+
+def test_exception_leaves_incomplete_run_with_what_was_written(tmp_path):
+    with pytest.raises(ZeroDivisionError):
+        with create_run(tmp_path / "r", {"lr": 0.1}, chunk_bytes=4 * 2 * 4) as w:  # 4 rows/chunk
+            w.write_batch(make_batch())
+            w.append("blocks.0.hook_resid_pre", torch.ones(6, 2))  # one chunk + 2 buffered
+            w.set_metrics(loss=1.0)
+            1 / 0
+    with pytest.raises(IncompleteRunError, match="require_complete=False") as err:
+        open_run(tmp_path / "r")
+    assert "ZeroDivisionError" in str(err.value)
+    run = open_run(tmp_path / "r", require_complete=False)
+    assert not run.is_complete and run.metrics == {"loss": 1.0}
+    assert torch.equal(run.cache["blocks.0.hook_resid_pre"].load(), torch.ones(6, 2))
+    assert torch.equal(run.batch().tokens, make_batch().tokens)
+    with pytest.raises(RunClosedError):
+        w.append("blocks.0.hook_resid_pre", torch.ones(1, 2))
+
+
+KILLED_WRITER = """
+import sys, time, torch
+from interp.store import create_run
+w = create_run(sys.argv[1], {"kind": "killed"}, chunk_bytes=4 * 32 * 64 * 4)  # 4 rows per chunk
+w.write_cache({"hook_embed": torch.ones(2, 3, 4)})
+i = 0
+while True:
+    w.append("blocks.0.mixer.hook_conv", torch.full((1, 32, 64), float(i)))
+    i += 1
+    if i == 9:
+        print("ready", flush=True)
+    time.sleep(0.002)
+"""
+
+
+def test_sigkill_mid_write_is_never_read_as_complete(tmp_path):
+    path = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.3)  # let it get well into further chunks
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with pytest.raises(IncompleteRunError):
+        open_run(path)
+    run = open_run(path, require_complete=False)
+    conv = run.cache["blocks.0.mixer.hook_conv"]
+    rows = conv.shape[0]
+    assert rows >= 8 and rows % 4 == 0  # only whole committed chunks are visible
+    values = conv.load()
+    assert torch.equal(values, torch.arange(rows, dtype=torch.float32).view(-1, 1, 1).expand(rows, 32, 64))
+    assert [r.status for r in list_runs(tmp_path)] == ["incomplete"]
+
+
+KILLED_MID_CHUNK = """
+import os, signal, sys, torch
+import interp.store.writer as writer
+from interp.store import create_run
+w = create_run(sys.argv[1], {}, chunk_bytes=4 * 16 * 4)  # 4 rows per chunk
+w.append("hook_embed", torch.zeros(4, 1, 16))  # rows 0..3: committed
+real = writer.write_many
+def dies(jobs, pool):  # the array is already resized to 12 rows here
+    (array, data, row0), = jobs
+    real([(array, data[:4], row0)], pool)  # one of the two new chunks reaches the store,
+    os.kill(os.getpid(), signal.SIGKILL)  # then death: before chunk 2 and ssmlens_rows
+writer.write_many = dies
+w.append("hook_embed", torch.ones(8, 1, 16))
+"""
+
+
+def test_kill_between_resize_and_commit_shows_only_committed_rows(tmp_path):
+    path = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", KILLED_MID_CHUNK, str(path)], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == -signal.SIGKILL
+    assert zarr.open_array(str(path / "cache/hook_embed"), mode="r").shape == (12, 1, 16)
+    run = open_run(path, require_complete=False)
+    assert run.cache["hook_embed"].shape == (4, 1, 16)  # not the fill values of rows 8..11
+    assert torch.equal(run.cache["hook_embed"].load(), torch.zeros(4, 1, 16))
+
+
+def test_wrong_path_foreign_group_and_corrupt_metadata(tmp_path):
+    with pytest.raises(RunNotFoundError, match=str(tmp_path / "nope")):
+        open_run(tmp_path / "nope")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain/notes.txt").write_text("hi")
+    with pytest.raises(NotARunError, match="not a zarr group"):
+        open_run(tmp_path / "plain")
+    zarr.open_group(str(tmp_path / "foreign"), mode="w", attributes={"owner": "someone"})
+    with pytest.raises(NotARunError, match="not an ssmlens run"):
+        open_run(tmp_path / "foreign")
+    zarr.create_array(str(tmp_path / "array"), shape=(3,), dtype="i4")
+    with pytest.raises(NotARunError, match="zarr array"):
+        open_run(tmp_path / "array")
+    with create_run(tmp_path / "run", {}) as w:
+        w.write_cache({"hook_embed": torch.ones(2, 3, 4)})
+    (tmp_path / "run/cache/hook_embed/zarr.json").write_text("{not json")
+    with pytest.raises(CorruptRunError, match="cache"):
+        open_run(tmp_path / "run").cache["hook_embed"]
+    (tmp_path / "run/zarr.json").write_text("{not json")
+    with pytest.raises(CorruptRunError, match="zarr.json|metadata"):
+        open_run(tmp_path / "run")
+
+
+def test_overwrite_protection_never_corrupts(tmp_path):
+    with create_run(tmp_path / "r", {"v": 1}) as w:
+        w.write_cache({"hook_embed": torch.ones(2, 3, 4)})
+    with pytest.raises(RunExistsError, match="overwrite=True"):
+        create_run(tmp_path / "r", {"v": 2})
+    run = open_run(tmp_path / "r")  # untouched
+    assert run.config == {"v": 1} and torch.equal(run.cache["hook_embed"].load(), torch.ones(2, 3, 4))
+    with create_run(tmp_path / "r", {"v": 2}, overwrite=True) as w:
+        w.set_metrics(acc=1.0)
+    run = open_run(tmp_path / "r")
+    assert run.config == {"v": 2} and len(run.cache) == 0 and run.metrics == {"acc": 1.0}
+    zarr.open_group(str(tmp_path / "foreign"), mode="w", attributes={"keep": True})
+    with pytest.raises(RunExistsError, match="not an ssmlens run"):
+        create_run(tmp_path / "foreign", {}, overwrite=True)
+    assert zarr.open_group(str(tmp_path / "foreign"), mode="r").attrs["keep"] is True
+    (tmp_path / "empty").mkdir()
+    create_run(tmp_path / "empty", {}).finish()  # an empty directory is fine
+    assert open_run(tmp_path / "empty").is_complete
+
+
+def test_list_runs_reports_complete_incomplete_and_corrupt(tmp_path):
+    with create_run(tmp_path / "a", {"model": {"d_model": 16, "layers": [1, 2]}, "lr": 0.1}) as w:
+        w.set_metrics(acc=0.9)
+    create_run(tmp_path / "sweep/b", {"lr": 0.2})  # never finished
+    with create_run(tmp_path / "sweep/c", {}) as w:
+        pass
+    (tmp_path / "sweep/c/zarr.json").write_text("{broken")
+    zarr.open_group(str(tmp_path / "foreign"), mode="w")
+    (tmp_path / "junk").mkdir()
+    runs = list_runs(tmp_path)
+    assert [(r.run_id, r.status) for r in runs] == [
+        ("a", "complete"), ("sweep/b", "incomplete"), ("sweep/c", "corrupt")]
+    a = runs[0]
+    assert a.complete and a.config_summary == {"model.d_model": 16, "lr": 0.1} and a.metrics == {"acc": 0.9}
+    assert a.url == str(tmp_path / "a") and a.created_at and a.finished_at
+    assert "zarr.json" in runs[2].error
+    assert open_run(runs[0].url).is_complete
+    with pytest.raises(RunNotFoundError, match="does not exist"):
+        list_runs(tmp_path / "nowhere")
+
+
+def test_memory_and_file_urls(tmp_path):
+    root = mem_url()
+    for url in (f"{root}/x", f"file://{tmp_path}/y"):
+        with create_run(url, {"url": url}) as w:
+            w.write_cache({"blocks.0.mixer.hook_B": CACHE["blocks.0.mixer.hook_B"]})
+            w.write_result("r", torch.arange(3), ("layer",), coords={"layer": ["a", "b", "c"]})
+        run = open_run(url)
+        assert run.config == {"url": url}
+        b = CACHE["blocks.0.mixer.hook_B"]
+        assert torch.equal(bits(run.cache["blocks.0.mixer.hook_B"][2:4]), bits(b[2:4]))
+        assert run.result("r").coords["layer"].values.tolist() == ["a", "b", "c"]
+    listed = list_runs(root)
+    assert [(r.run_id, r.status) for r in listed] == [("x", "complete")]
+    assert open_run(listed[0].url).config == {"url": f"{root}/x"}
+    with pytest.raises(RunNotFoundError):
+        open_run(f"{root}/missing")
+
+
+def test_results_keep_dims_coords_and_attrs(tmp_path):
+    scores = torch.randn(3, 7)
+    da = xr.DataArray(np.ones((2, 2)), dims=("head", "layer"), coords={"head": [0, 1], "layer": ["L0", "L1"]},
+                      attrs={"metric": "kl"})
+    with create_run(tmp_path / "r", {}) as w:
+        w.write_result("patching/resid_pre", scores, ("layer", "pos"),
+                       coords={"layer": [0, 1, 2], "pos": range(7)}, attrs={"metric": "logit_diff"})
+        w.write_result("ablation/heads", da)
+        w.write_result("total", torch.tensor(2.5).bfloat16(), ())
+        with pytest.raises(ValueError, match="3 labels"):
+            w.write_result("bad", scores, ("layer", "pos"), coords={"layer": [0, 1, 2], "pos": [0, 1, 2]})
+        with pytest.raises(ValueError, match="not one of dims"):
+            w.write_result("bad", scores, ("layer", "pos"), coords={"head": [0]})
+    run = open_run(tmp_path / "r")
+    assert run.results() == ["ablation/heads", "patching/resid_pre", "total"]
+    got = run.result("patching/resid_pre")
+    assert got.dims == ("layer", "pos") and got.attrs == {"metric": "logit_diff"}
+    assert got.coords["pos"].values.tolist() == list(range(7))
+    np.testing.assert_array_equal(got.values, scores.numpy())
+    xr.testing.assert_identical(run.result("ablation/heads").rename(None), da)
+    assert float(run.result("total")) == 2.5
+    with pytest.raises(MissingEntryError, match="patching/resid_pre"):
+        run.result("patching/resid_post")
+
+
+def test_tables_round_trip_with_dtypes_and_index(tmp_path):
+    df = pd.DataFrame({
+        "layer": np.arange(4), "score": [0.5, np.nan, -1.0, 2.0], "ok": [True, False, True, True],
+        "name": ["a", None, "c", "d"], "kind": pd.Categorical(["x", "y", "x", "x"], categories=["y", "x"]),
+        "n": pd.array([1, None, 3, 4], dtype="Int64"),
+        "when": pd.to_datetime(["2024-01-01", "2024-01-02", None, "2024-01-04"]).tz_localize("Europe/Paris"),
+        "took": pd.to_timedelta([1, 2, 3, 4], unit="s"), 7: np.float32([1, 2, 3, 4]),
+    })
+    with create_run(tmp_path / "r", {}) as w:
+        w.write_table("probe/scores", df)
+        w.write_table("indexed", df.set_index(["layer", "name"]))
+        with pytest.raises(TypeError, match="column 'bad'"):
+            w.write_table("bad", pd.DataFrame({"bad": [{"a": 1}, None]}))
+    run = open_run(tmp_path / "r")
+    assert run.tables() == ["indexed", "probe/scores"]
+    pd.testing.assert_frame_equal(run.table("probe/scores"), df)
+    pd.testing.assert_frame_equal(run.table("indexed"), df.set_index(["layer", "name"]))
+    assert (tmp_path / "r/tables/probe/scores/score/zarr.json").exists()
+
+
+def test_writer_lifecycle_errors(tmp_path):
+    w = create_run(tmp_path / "r", {})
+    w.write_cache({"hook_embed": torch.ones(1, 2, 3)})
+    with pytest.raises(ValueError, match="already written"):
+        w.write_cache({"hook_embed": torch.ones(1, 2, 3)})
+    with pytest.raises(ValueError, match="earlier rows"):
+        w.append("blocks.0.hook_resid_pre", torch.ones(1, 2, 3))
+        w.append("blocks.0.hook_resid_pre", torch.ones(1, 2, 4))
+    assert not open_run(tmp_path / "r", require_complete=False).is_complete
+    w.finish()
+    assert json.loads((tmp_path / "r/zarr.json").read_text())["attributes"]["ssmlens_complete"] is True
+    with pytest.raises(RunClosedError):
+        w.set_metrics(x=1)
