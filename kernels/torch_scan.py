@@ -1,11 +1,12 @@
 """`torch` backend of the selective scan: chunked and vectorized, fp32 accumulation.
 
-Per chunk of T positions it forms the affine maps (Ā_t, Δ_t·B_t·u_t) ``[b, T, d, n]``,
-replaces overridden positions by (0, value), and scans them with a Hillis–Steele
-pass (``linear_recurrence._hillis_steele``); the chunk's last state carries into the
-next chunk. Memory is O(b·T·d·n) whatever L is, and only the requested states are
-kept, so asking for fewer states costs less memory. Gradients come from autograd.
-The float64 loop in ``reference.py`` is what it must equal.
+Per chunk of T positions it forms the affine maps (Ā_t, Δ_t·B_t·u_t) time-major,
+``[T, b, g, r, n]``, in a few vectorized ops, replaces overridden positions by
+(0, value), and steps them with one fused multiply-add per position
+(``linear_recurrence.recurrence_time_major``); the chunk's last state carries into
+the next chunk. Memory is O(b·T·d·n) whatever L is, and only the requested states
+are kept. Gradients come from autograd. The float64 loop in ``reference.py`` is what
+it must equal.
 """
 
 from __future__ import annotations
@@ -15,17 +16,17 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor
 
-from kernels.linear_recurrence import _hillis_steele
+from kernels.linear_recurrence import recurrence_time_major
 
 CHUNK = 64
 
 
-def _per_channel(bc: Tensor, d: int) -> Tensor:
-    """B/C chunk ``[b, T, n]`` or ``[b, T, g, n]`` -> broadcastable ``[b, T, g|1, 1|r, n]``
-    view, avoiding a d-fold copy: channels are laid out as (g r)."""
+def _per_channel(bc: Tensor) -> Tensor:
+    """B/C chunk ``[b, T, n]`` or ``[b, T, g, n]`` -> time-major broadcastable
+    ``[T, b, g|1, 1, n]`` view, avoiding a d-fold copy: channels are laid out as (g r)."""
     if bc.ndim == 3:
-        return bc[:, :, None, None, :]
-    return bc[:, :, :, None, :]
+        bc = bc[:, :, None, :]
+    return rearrange(bc, "b t g n -> t b g 1 n")
 
 
 def selective_scan_torch(
@@ -42,7 +43,7 @@ def selective_scan_torch(
     state_positions: Tensor | None,
     override_positions: Tensor | None,
     override_values: Tensor | None,
-    chunk: int = CHUNK,
+    chunk: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Same signature and returns as ``selective_scan_reference``, computed in fp32.
 
@@ -50,6 +51,7 @@ def selective_scan_torch(
     states ``[b, P, d, n]`` fp32 at ``state_positions`` (in that order) or None).
     """
     f32 = torch.float32
+    chunk = chunk or CHUNK
     b, L, d = u.shape
     n = A.shape[1]
     g = B.shape[2] if B.ndim == 4 else 1
@@ -76,31 +78,28 @@ def selective_scan_torch(
     ys, kept = [], {}
     for start in range(0, L, chunk):
         stop = min(start + chunk, L)
-        dt_c = rearrange(dt[:, start:stop], "b t (g r) -> b t g r", g=g)
-        u_c = rearrange(u32[:, start:stop], "b t (g r) -> b t g r", g=g)
-        a_c = torch.exp(dt_c[..., None] * A32)  # b t g r n
-        b_c = (dt_c * u_c)[..., None] * _per_channel(B[:, start:stop].to(f32), d)
+        dt_c = rearrange(dt[:, start:stop], "b t (g r) -> t b g r", g=g)
+        u_c = rearrange(u32[:, start:stop], "b t (g r) -> t b g r", g=g)
+        a_c = torch.exp(dt_c[..., None] * A32)  # t b g r n
+        b_c = (dt_c * u_c)[..., None] * _per_channel(B[:, start:stop].to(f32))
         local_ov = [p for p in ov_pos if start <= p < stop]
         if local_ov:
             idx = torch.tensor([p - start for p in local_ov], device=u.device)
             vals = override_values[:, [ov_index[p] for p in local_ov]].to(f32)
-            vals = rearrange(vals, "b k (g r) n -> b k g r n", g=g)
+            vals = rearrange(vals, "b k (g r) n -> k b g r n", g=g)
             mask = torch.zeros(stop - start, dtype=torch.bool, device=u.device)
             mask[idx] = True
-            mask = mask[None, :, None, None, None]
-            full_vals = torch.zeros_like(b_c).index_copy(1, idx, vals)
+            mask = mask[:, None, None, None, None]
             a_c = torch.where(mask, torch.zeros_like(a_c), a_c)
-            b_c = torch.where(mask, full_vals, b_c)
-        # Fold the carried state into the first map (an override there has a = 0).
-        b_c = torch.cat([b_c[:, :1] + a_c[:, :1] * h[:, None], b_c[:, 1:]], dim=1)
-        h_c = _hillis_steele(a_c, b_c)  # b t g r n
-        C_c = _per_channel(C[:, start:stop].to(f32), d)
-        ys.append(einsum(h_c, C_c.expand_as(h_c), "b t g r n, b t g r n -> b t g r"))
+            b_c = torch.where(mask, torch.zeros_like(b_c).index_copy(0, idx, vals), b_c)
+        h_c = recurrence_time_major(a_c, b_c, h)  # t b g r n
+        C_c = _per_channel(C[:, start:stop].to(f32))
+        ys.append(einsum(h_c, C_c, "t b g r n, t b g one n -> b t g r"))
         if want is not None:
             for p in want:
                 if start <= p < stop:
-                    kept[p] = h_c[:, p - start]
-        h = h_c[:, -1]
+                    kept[p] = h_c[p - start]
+        h = h_c[-1]
 
     y = rearrange(torch.cat(ys, dim=1), "b t g r -> b t (g r)")
     if D is not None:
