@@ -1,0 +1,209 @@
+"""Batched activation patching vs one forward per patch, side by side on the CPU.
+
+For each configuration (a 2-layer model on associative recall, value corruption),
+a full sweep over every layer × every position of the given hooks is run three ways:
+
+- ``reference``: ``patching_sweep_reference``, one full forward (the whole batch)
+  per (hook, layer, position) — what TransformerLens' ``generic_activation_patch``
+  does;
+- ``batched``: ``patching_sweep`` with its defaults (patches stacked along the batch
+  axis in memory-bounded chunks, plus the exact shortcuts: no-op rows skipped,
+  sequences cut after the query, forwards resumed at the patched block, logits only
+  at the query);
+- ``batched, no shortcuts``: stacking alone (``causal=skip_noop=resume=False``).
+
+Every result is checked against the reference: the largest difference of the raw
+metrics (logit difference, p(answer), log p, KL, accuracy) and of the restored
+fractions' numerators must be ≤ 1e-5. Times are the best of ``--repeats`` runs, as
+wall clock and as CPU seconds of this process (the machine may be shared: CPU time
+is what the neighbours do not change). One torch thread, so both sides do the same
+work per core. Prints a markdown table and writes it into the ``## Patching``
+section of ``benchmarks/RESULTS.md`` (other sections are left alone).
+
+    python benchmarks/patching.py              # all configurations
+    python benchmarks/patching.py --quick      # the first two only
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interp.tasks import corrupt, make_task
+from models import Mamba, Transformer
+from probes.patching import patching_sweep, patching_sweep_reference
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+SECTION = "## Patching"
+
+
+@dataclass
+class Config:
+    name: str
+    model: str
+    model_kwargs: dict
+    task_kwargs: dict
+    n: int
+    hooks: str = "resid_pre,ssm_state"
+    extra: dict = field(default_factory=dict)
+
+
+CONFIGS = [
+    Config("mamba d64 n16, AR 8 pairs (L=21), 32 ex", "mamba", dict(d_model=64, d_state=16),
+           dict(n_keys=64, n_values=64, n_pairs=8), 32),
+    Config("mamba d16 n4, AR 8 pairs (L=21), 8 ex", "mamba", dict(d_model=16, d_state=4),
+           dict(n_keys=64, n_values=64, n_pairs=8), 8),
+    Config("mamba d64 n16, AR paper (L=37, V=8195), 16 ex", "mamba", dict(d_model=64, d_state=16), {}, 16),
+    Config("transformer d64, AR 8 pairs (L=21), 32 ex", "transformer", dict(d_model=64, n_heads=4),
+           dict(n_keys=64, n_values=64, n_pairs=8), 32, hooks="resid_pre,attn.hook_out"),
+    # One prompt pair (the TransformerLens-tutorial setting): per-forward overhead dominates.
+    Config("mamba d16 n4, AR 8 pairs (L=21), 1 prompt pair", "mamba", dict(d_model=16, d_state=4),
+           dict(n_keys=64, n_values=64, n_pairs=8), 1),
+]
+
+
+def build(cfg: Config):
+    task = make_task("ar", **cfg.task_kwargs)
+    torch.manual_seed(0)
+    cls = Mamba if cfg.model == "mamba" else Transformer
+    model = cls(vocab_size=task.vocab_size, n_layers=2, **cfg.model_kwargs).eval()
+    clean = task.sample(cfg.n, 0)
+    return model, clean, corrupt(clean, "value", 1)
+
+
+def timed(fn, repeats: int):
+    best_wall, best_cpu, out = float("inf"), float("inf"), None
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        out = fn()
+        best_wall = min(best_wall, time.perf_counter() - w)
+        best_cpu = min(best_cpu, time.process_time() - c)
+    return out, best_wall, best_cpu
+
+
+def max_diff(a, b) -> tuple[float, float]:
+    """(raw metrics, restored numerators): largest absolute differences."""
+    raw = ["logit_diff", "p_answer", "logp_answer", "kl", "accuracy"]
+    d_raw = float(np.nanmax(np.abs(a.sel(metric=raw).values - b.sel(metric=raw).values)))
+    d_rest = 0.0
+    for metric, base in (("restored", "p_answer"), ("restored_logit_diff", "logit_diff")):
+        den = abs(b.attrs[f"clean_{base}"] - b.attrs[f"corrupted_{base}"])
+        diff = np.abs(a.sel(metric=metric).values - b.sel(metric=metric).values) * den
+        d_rest = max(d_rest, float(np.nanmax(diff)))
+    assert np.array_equal(np.isnan(a.values), np.isnan(b.values)), "NaN pattern differs"
+    return d_raw, d_rest
+
+
+def run_config(cfg: Config, repeats: int) -> dict:
+    model, clean, corr = build(cfg)
+    common = dict(hooks=cfg.hooks, positions="all")
+    ref, ref_wall, ref_cpu = timed(lambda: patching_sweep_reference(model, clean, corr, **common), repeats)
+    fast, fast_wall, fast_cpu = timed(lambda: patching_sweep(model, clean, corr, progress=False, **common), repeats)
+    plain, plain_wall, plain_cpu = timed(lambda: patching_sweep(
+        model, clean, corr, progress=False, causal=False, skip_noop=False, resume=False, **common), repeats)
+    d_fast, d_plain = max_diff(fast, ref), max_diff(plain, ref)
+    worst = max(*d_fast, *d_plain)
+    assert worst <= 1e-5, f"{cfg.name}: batched and reference differ by {worst:.2e}"
+    n_sites = len(ref.attrs["hook_names"])
+    return {
+        "config": cfg.name, "hooks": cfg.hooks, "patches": n_sites * ref.sizes["pos"],
+        "ref_forwards": ref.attrs["engine_forwards"], "rows": fast.attrs["engine_rows"],
+        "rows_total": fast.attrs["engine_rows_total"], "forwards": fast.attrs["engine_forwards"],
+        "ref_wall": ref_wall, "ref_cpu": ref_cpu, "fast_wall": fast_wall, "fast_cpu": fast_cpu,
+        "plain_wall": plain_wall, "plain_cpu": plain_cpu, "diff": worst,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| configuration | hooks | patches | reference: forwards, wall / CPU s | batched: rows run / total, "
+            "forwards, wall / CPU s | speedup wall (CPU) | stacking alone: wall / CPU s, speedup CPU | max diff |\n"
+            "|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in rows:
+        lines.append(
+            f"| {r['config']} | {r['hooks']} | {r['patches']} | {r['ref_forwards']}, "
+            f"{r['ref_wall']:.2f} / {r['ref_cpu']:.2f} | {r['rows']} / {r['rows_total']}, {r['forwards']}, "
+            f"{r['fast_wall']:.2f} / {r['fast_cpu']:.2f} | **{r['ref_wall'] / r['fast_wall']:.1f}×** "
+            f"({r['ref_cpu'] / r['fast_cpu']:.1f}×) | {r['plain_wall']:.2f} / {r['plain_cpu']:.2f}, "
+            f"{r['ref_cpu'] / r['plain_cpu']:.1f}× | {r['diff']:.1e} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu}, {os.cpu_count()} cores visible, 1 torch thread, torch {torch.__version__}, "
+            f"load average {load:.1f} at start")
+
+
+def write_section(text: str) -> None:
+    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    body = f"{SECTION}\n\n{text.rstrip()}\n\n"
+    new = pattern.sub(lambda _: body, old) if pattern.search(old) else old.rstrip() + "\n\n" + body
+    RESULTS.write_text(new.rstrip() + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="the first two configurations only")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--no-write", dest="write", action="store_false", help="do not touch RESULTS.md")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    where = machine()
+    rows = []
+    for cfg in CONFIGS[:2] if args.quick else CONFIGS:
+        rows.append(run_config(cfg, args.repeats))
+        print(f"done: {cfg.name}", flush=True)
+    md = table(rows)
+    print(md)
+    if args.write:
+        write_section(
+            f"`python benchmarks/patching.py` — {time.strftime('%Y-%m-%d')}, {where}.\n\n"
+            "Full sweep: every layer × every position of the hooks listed (value corruption, "
+            "denoising). Reference = one full forward of the whole batch per (hook, layer, position). "
+            "Batched = `patching_sweep` defaults; *stacking alone* = the same without the exact "
+            "shortcuts. Max diff: largest |batched − reference| over raw metrics and restored-fraction "
+            "numerators (checked ≤ 1e-5).\n\n" + md + "\n" + NOTES)
+        print(f"wrote the {SECTION!r} section of {RESULTS}")
+
+
+NOTES = """Reading the numbers:
+
+- The batched sweep returns the reference's numbers (max difference ≤ 1e-5, checked;
+  mostly bit-identical) and is several times faster, but the **≥ 20× target is not met on
+  this CPU**. A forward here is bound by per-row compute, not per-forward overhead: ~85%
+  of a Mamba forward is the `torch` scan backend (Hillis–Steele over
+  `[rows, L, d_inner, d_state]` with a `cat` per step), whose cost grows with the rows.
+  Stacking patches along the batch axis only saves per-forward overhead — "stacking
+  alone" above: ~1–1.6× at 16–32 examples per forward, more for a single prompt pair.
+- Most of the gain comes from the exact shortcuts of `probes.batched`: 55–70% of the
+  rows are no-ops (before the corrupted token, clean and corrupted activations are
+  bit-identical, and patches after the query cannot reach it) and are not run; the rest
+  start at the patched block and unembed only the query.
+- Reaching 20× would need forwards resumable at a position (SSM state + conv window for
+  Mamba, a KV cache for attention), so that a patch at position p recomputes only the
+  positions after p (about a quarter of the sequence on average in these sweeps), or a
+  cheaper CPU scan for short sequences: the float64 sequential `reference` backend ran
+  2–2.5× faster than `torch` at L = 21, 32–64 rows on this machine.
+"""
+
+
+if __name__ == "__main__":
+    main()

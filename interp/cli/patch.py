@@ -1,0 +1,108 @@
+"""``ssmlens patch CHECKPOINT``: an activation-patching sweep written to a run store.
+
+    ssmlens patch runs/mamba-ar --hooks resid_pre,ssm_state --positions all --out runs/mamba-ar-patch
+    ssmlens patch runs/tf-ar --positions queried_key,queried_value,query,last --direction noise --out runs/y
+
+Samples the task the model was trained on (``--task``/``--task-arg`` to change it),
+corrupts it (``--corrupt value``: the queried pair's value; ``key``: its key) and
+patches every hook site × position unit (``probes.patching``), batched. Positions:
+``all`` (each position), ``*`` (all at once), or a comma list of ints and roles.
+``--attribution`` adds attribution patching over the same sites. Writes
+``results/patching/<kind>`` (dims metric, layer, pos|role), ``tables/patching``,
+the batch, the corrupted tokens and the baselines; prints the strongest sites and
+where the run is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+NAME = "patch"
+HELP = "activation patching sweep (hooks x layers x positions) into a run store"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from interp.cli.cache import add_common
+
+    add_common(p)
+    p.add_argument("--hooks", default=None,
+                   help="comma-separated hook names, short or full (default: resid_pre plus the model's "
+                        "memory: ssm_state, attn.hook_out, memory.hook_write)")
+    p.add_argument("--positions", default="all",
+                   help="all (default), * (every position at once), or a comma list of ints and roles "
+                        "(queried_key,queried_value,query,last,key[0],...)")
+    p.add_argument("--corrupt", default="value", choices=["value", "key"], help="corruption (default: value)")
+    p.add_argument("--direction", default="denoise", choices=["denoise", "noise"],
+                   help="denoise: clean into corrupted (default); noise: corrupted into clean")
+    p.add_argument("--attribution", action="store_true", help="also run attribution patching")
+    p.add_argument("--memory-mb", type=float, default=32, dest="memory_mb",
+                   help="memory budget of one batched forward (default: 32)")
+
+
+def parse_positions(text: str):
+    """``"all"`` / ``"*"`` / ``"3,5,query"`` -> a ``probes.positions`` spec."""
+    text = text.strip()
+    if text in ("all", "*"):
+        return text if text == "all" else ["*"]
+    items = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        items.append(int(part) if part.lstrip("-").isdigit() else part)
+    if not items:
+        raise ValueError(f"--positions {text!r} names no position")
+    return items
+
+
+def run(args) -> int:
+    from interp.cli.cache import task_args
+    from interp.hook_names import UnknownHookError
+    from interp.store import StoreError, create_run
+    from interp.tasks import corrupt, make_task
+    from models.checkpoint import CheckpointError
+    from probes.attribution import attribution_patching
+    from probes.patching import patching_sweep
+    from probes.study import _one_kind, default_hooks, kind_key, load_for_study, tidy
+
+    try:
+        model, ckpt, task, settings = load_for_study(args.checkpoint, args.task, task_args(args))
+        hooks = args.hooks.split(",") if args.hooks else default_hooks(model)
+        positions = parse_positions(args.positions)
+        clean = make_task(task, **settings).sample(args.n, args.seed)
+        corr = corrupt(clean, args.corrupt, args.seed + 1)
+        sweep = patching_sweep(model, clean, corr, hooks, positions, direction=args.direction,
+                               memory_mb=args.memory_mb, progress=args.progress)
+        attr = attribution_patching(model, clean, corr, hooks, positions, direction=args.direction) \
+            if args.attribution else None
+        config = {"kind": "patching", "checkpoint": str(ckpt), "model_type": model.model_type,
+                  "model_config": model.config_dict(), "task": task, "task_config": settings,
+                  "n_examples": args.n, "seed": args.seed, "corruption": args.corrupt, "hooks": hooks,
+                  "positions": args.positions, "direction": args.direction}
+        with create_run(args.out, config, overwrite=args.overwrite) as w:
+            w.set_checkpoint(str(ckpt))
+            w.write_batch(clean)
+            w.write_result("corrupted/tokens", corr.tokens, ("batch", "pos"))
+            for kind in sweep["hook"].values.tolist():
+                w.write_result(f"patching/{kind_key(kind)}", _one_kind(sweep, kind))
+                if attr is not None:
+                    w.write_result(f"attribution/{kind_key(kind)}", _one_kind(attr, kind))
+            table = tidy(sweep)
+            w.write_table("patching", table)
+            if attr is not None:
+                w.write_table("attribution", tidy(attr))
+            w.set_metrics({k: v for k, v in sweep.attrs.items() if k.startswith(("clean_", "corrupted_"))})
+            url = w.url
+    except (CheckpointError, StoreError, UnknownHookError, ValueError, TypeError, KeyError) as e:
+        print(f"ssmlens patch: error: {e}", file=sys.stderr)
+        return 2
+    a = sweep.attrs
+    print(f"{model.model_type} on {task} ({args.n} examples, {args.corrupt} corruption, {args.direction}): "
+          f"p(answer) clean {a['clean_p_answer']:.3f}, corrupted {a['corrupted_p_answer']:.3f}")
+    unit = "pos" if "pos" in table.columns else "role"
+    top = table.dropna(subset=["restored"]).sort_values("restored", ascending=False).head(5)
+    for _, r in top.iterrows():
+        label = f" {r['pos_label']}" if "pos_label" in r else ""
+        print(f"  {r['hook']:<24} L{int(r['layer'])} {unit} {r[unit]}{label}: restored {r['restored']:.3f}")
+    print(f"wrote run store: {url}")
+    return 0

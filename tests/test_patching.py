@@ -1,0 +1,266 @@
+"""Activation patching: batched sweep == one forward per patch, 100% / 0% anchors,
+positions by role, hooks left clean, B'MOJO writes, store and CLI glue."""
+
+import numpy as np
+import pytest
+import torch
+
+from interp.hook_names import UnknownHookError
+from interp.tasks import corrupt, make_task
+from models import Mamba, Transformer
+from probes.batched import run_interventions
+from probes.metrics import answer_spec
+from probes.patching import patching_sweep, patching_sweep_reference
+from probes.positions import expand_hooks, position_labels, resolve_positions
+
+TASK = dict(n_keys=12, n_values=12, n_pairs=4)  # L = 13
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models on a shared 2-core machine: a second thread only adds contention.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def sharpen(model):
+    """Larger (un)embeddings: less uniform logits, so the runs differ clearly."""
+    with torch.no_grad():
+        model.embed.weight.normal_(0, 0.3)
+        if model.unembed is not None:
+            model.unembed.weight.normal_(0, 0.3)
+    return model.eval()
+
+
+def requery(batch, value_seed=1):
+    """Value corruption plus a query for another pair of the context: the query
+    token itself changes, so even an untrained model's answer moves clearly and
+    restored fractions are well conditioned; every position from the queried value on
+    differs between the runs."""
+    corr = corrupt(batch, "value", value_seed)
+    tokens = corr.tokens.clone()
+    q = batch.role("query")[:, 0]
+    other = (batch.role("queried_key")[:, 0] + 2 - 1) % (2 * TASK["n_pairs"]) + 1  # the next pair's key
+    rows = torch.arange(len(batch))
+    tokens[rows, q] = batch.tokens[rows, other]
+    return type(batch)(tokens, corr.loss_mask, corr.roles, corr.vocab_size, corr.task, corr.config)
+
+
+@pytest.fixture(scope="module")
+def batches():
+    task = make_task("ar", **TASK)
+    clean = task.sample(6, 0)
+    return task, clean, requery(clean)
+
+
+@pytest.fixture(scope="module")
+def mamba(batches):
+    torch.manual_seed(0)
+    return sharpen(Mamba(vocab_size=batches[0].vocab_size, d_model=16, n_layers=2, d_state=4))
+
+
+@pytest.fixture(scope="module")
+def transformer(batches):
+    torch.manual_seed(0)
+    return sharpen(Transformer(vocab_size=batches[0].vocab_size, d_model=16, n_layers=2, n_heads=2, n_ctx=32))
+
+
+def _no_hooks_left(model):
+    return all(not hp._forward_hooks and not hp._backward_hooks for hp in model.hook_dict.values())
+
+
+def _max_diff(a, b):
+    """Largest difference of the measured quantities. Restored fractions are ratios
+    (patched − corrupted) / (clean − corrupted); their numerators are compared."""
+    assert a.dims == b.dims and a.shape == b.shape
+    assert np.array_equal(np.isnan(a.values), np.isnan(b.values))
+    diff = np.abs(a - b)
+    for metric, base in (("restored", "p_answer"), ("restored_logit_diff", "logit_diff")):
+        den = abs(a.attrs[f"clean_{base}"] - a.attrs[f"corrupted_{base}"])
+        diff.loc[{"metric": metric}] = diff.sel(metric=metric) * den
+    return float(diff.max())
+
+
+def test_self_patch_restores_everything(mamba, batches):
+    _, clean, corr = batches
+    res = patching_sweep(mamba, clean, corr, "resid_pre", "*", progress=False)
+    # The whole residual stream of any layer carries everything: restored = 1 exactly.
+    assert np.allclose(res.sel(metric="restored").values, 1.0, atol=1e-5)
+    assert np.allclose(res.sel(metric="restored_logit_diff").values, 1.0, atol=1e-5)
+    assert np.allclose(res.sel(metric="kl").values, 0.0, atol=1e-6)
+    noised = patching_sweep(mamba, clean, corr, "resid_pre", "*", direction="noise", progress=False)
+    assert np.allclose(noised.sel(metric="restored").values, 0.0, atol=1e-5)
+
+
+def test_patching_nothing_restores_nothing(mamba, batches):
+    _, clean, corr = batches
+    # An empty unit, and positions before any corrupted token (bos, first key).
+    res = patching_sweep(mamba, clean, corr, "resid_pre,ssm_state", [(), 0, 1], progress=False)
+    assert np.array_equal(res.sel(metric="restored").values, np.zeros((2, 2, 3)))
+    assert np.array_equal(res.sel(metric="logit_diff").values,
+                          np.full((2, 2, 3), res.attrs["corrupted_logit_diff"]))
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_batched_sweep_equals_one_at_a_time_mamba(mamba, batches, direction):
+    _, clean, corr = batches
+    kw = dict(direction=direction)
+    ref = patching_sweep_reference(mamba, clean, corr, "resid_pre,ssm_state", "all", **kw)
+    fast = patching_sweep(mamba, clean, corr, "resid_pre,ssm_state", "all", chunk_rows=7, progress=False, **kw)
+    assert fast.attrs["engine_forwards"] > 3  # really chunked
+    assert fast.attrs["engine_rows"] < fast.attrs["engine_rows_total"]  # really skipped no-ops
+    assert np.nanmax(np.abs(fast.sel(metric="restored").values)) > 0.05  # something to compare
+    assert _max_diff(fast, ref) < 1e-5
+    # The shortcuts are exact: turning them all off changes nothing.
+    plain = patching_sweep(mamba, clean, corr, "resid_pre,ssm_state", "all", causal=False, skip_noop=False,
+                           resume=False, progress=False, **kw)
+    assert plain.attrs["engine_rows"] == plain.attrs["engine_rows_total"]
+    assert _max_diff(plain, ref) < 1e-5
+    # Per example: one more axis, whose mean is the batch result.
+    per = patching_sweep(mamba, clean, corr, "resid_pre,ssm_state", "all", per_example=True, progress=False, **kw)
+    assert per.dims[-1] == "batch" and per.sizes["batch"] == len(clean)
+    raw = ["p_answer", "logit_diff", "kl"]
+    assert np.allclose(per.sel(metric=raw).mean("batch"), fast.sel(metric=raw), atol=1e-6, equal_nan=True)
+
+
+def test_batched_sweep_equals_one_at_a_time_transformer_roles(transformer, batches):
+    _, clean, corr = batches
+    units = ["queried_key", "queried_value", "query", "last", "key", "value[1]", "*", 3]
+    hooks = "resid_pre,attn.hook_out,attn.hook_pattern,blocks.1.mlp.hook_post"
+    ref = patching_sweep_reference(transformer, clean, corr, hooks, units, direction="noise")
+    fast = patching_sweep(transformer, clean, corr, hooks, units, direction="noise", chunk_rows=10,
+                          progress=False)
+    assert fast.dims == ("metric", "hook", "layer", "role")
+    assert list(fast["role"].values) == [str(u) for u in units]
+    assert np.isnan(fast.sel(hook="mlp.hook_post", layer=0)).all()  # only layer 1 was asked for
+    assert _max_diff(fast, ref) < 1e-5
+
+
+def test_unknown_and_ambiguous_hooks(mamba, batches):
+    _, clean, corr = batches
+    with pytest.raises(UnknownHookError, match="resid_pre"):
+        patching_sweep(mamba, clean, corr, "resid_pree", progress=False)
+    with pytest.raises(UnknownHookError, match="blocks.1.hook_resid_pre"):
+        expand_hooks(mamba, "blocks.7.hook_resid_pre")
+    with pytest.raises(ValueError, match="ambiguous"):
+        expand_hooks(Transformer(vocab_size=30, d_model=8, n_layers=1, n_heads=2), "hook_out")
+    sites = expand_hooks(mamba, "ssm_state,resid_pre", layers=[1])
+    assert [s.name for s in sites] == ["blocks.1.mixer.hook_ssm_state", "blocks.1.hook_resid_pre"]
+
+
+def test_hooks_detached_after_error(mamba, batches):
+    _, clean, corr = batches
+    spec = answer_spec(clean, corr)
+    sites = expand_hooks(mamba, "resid_pre")
+    units = resolve_positions("all", corr)
+
+    def boom(site, base, source):
+        if base.shape[0] and not torch.equal(base, source):
+            raise RuntimeError("boom")
+        return source
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_interventions(mamba, corr.tokens, clean.tokens, spec, sites, units, units,
+                          lambda logits, ex: {"x": logits[:, 0, 0]}, combine=boom, skip_noop=False, progress=False)
+    assert _no_hooks_left(mamba)
+    patching_sweep(mamba, clean, corr, "resid_pre", "all", progress=False)
+    assert _no_hooks_left(mamba)
+
+
+def test_positions_and_labels(batches):
+    _, clean, _ = batches
+    u = resolve_positions(["queried_value", "key", "key[-1]", -1, (1, 2), "*"], clean)
+    assert u.dim == "role" and u.labels == ["queried_value", "key", "key[-1]", "12", "1+2", "*"]
+    assert torch.equal(u.index[0], clean.role("queried_value"))
+    assert u.index[1].shape == (6, 4) and torch.equal(u.index[2], clean.role("key")[:, -1:])
+    assert (u.index[3] == 12).all() and u.index[5].shape == (6, 13)
+    assert resolve_positions("all", clean).labels == list(range(13))
+    with pytest.raises(KeyError, match="no role"):
+        resolve_positions("nope", clean)
+    with pytest.raises(ValueError, match="out of range"):
+        resolve_positions(13, clean)
+    labels = position_labels(clean)
+    assert labels[0] == "bos" and labels[1] == "key[0]" and labels[10] == "query" and labels[11] == "answer"
+
+
+def test_metric_contrast_tokens(batches):
+    task, clean, corr = batches
+    corr = corrupt(clean, "value", 1)
+    spec = answer_spec(clean, corr)
+    assert torch.equal(spec.answer, clean.tokens_at("queried_value"))
+    assert torch.equal(spec.alt, corr.tokens_at("queried_value"))  # value corruption: the new value
+    spec_key = answer_spec(clean, corrupt(clean, "key", 2))
+    assert (spec_key.alt == -1).all()  # key corruption: best other token
+
+
+def test_bmojo_memory_write_patching(batches):
+    bmojo = pytest.importorskip("models.bmojo")
+    _, clean, corr = batches
+    torch.manual_seed(0)
+    model = sharpen(bmojo.BMojo(vocab_size=batches[0].vocab_size, d_model=16, n_layers=2, n_heads=2, window=3,
+                                memory_size=4, threshold=0.5, d_state=4))
+    hooks = "memory.hook_write,ssm_state,resid_pre"
+    ref = patching_sweep_reference(model, clean, corr, hooks, "all")
+    fast = patching_sweep(model, clean, corr, hooks, "all", chunk_rows=9, progress=False)
+    assert _max_diff(fast, ref) < 1e-5
+
+
+def test_moe_mamba_patching(batches):
+    """MoE capacity depends on the sequence length: the sweep must not change it."""
+    moe = pytest.importorskip("models.moe_mamba")
+    _, clean, corr = batches
+    torch.manual_seed(0)
+    model = sharpen(moe.MoEMamba(vocab_size=batches[0].vocab_size, d_model=16, n_layers=2, n_experts=4,
+                                 capacity_factor=1.0, d_state=4))  # C = 4 at L = 13, 3 at 11
+    hooks = "resid_pre,moe.hook_expert_out,ssm_state"
+    ref = patching_sweep_reference(model, clean, corr, hooks, "all")
+    fast = patching_sweep(model, clean, corr, hooks, "all", chunk_rows=11, progress=False)
+    assert _max_diff(fast, ref) < 1e-5
+
+
+def test_study_and_cli_write_runs(tmp_path, mamba, batches):
+    from interp.cli import main
+    from interp.store import open_run
+    from probes.study import run_patching_study
+
+    ckpt = tmp_path / "ckpt"
+    mamba.save(ckpt)
+    url = run_patching_study(ckpt, tmp_path / "study", TASK, 4, ["resid_pre", "ssm_state"], progress=False)
+    run = open_run(url)
+    assert run.config["checkpoint"] == str(ckpt)
+    res = run.result("patching/resid_pre")
+    assert res.dims == ("metric", "layer", "pos") and res.shape[1:] == (2, 13)
+    assert run.result("attribution/mixer.ssm_state").dims == ("metric", "layer", "pos")
+    assert run.result("patching_roles/resid_pre").sizes["role"] == 4
+    assert "blocks.0.mixer.hook_ssm_state" in run.cache and len(run.table("patching")) == 4 * 13
+
+    args = [str(ckpt), "--task", "ar", *sum((["--task-arg", f"{k}={v}"] for k, v in TASK.items()), []),
+            "--n", "4", "--no-progress"]
+    assert main(["patch", *args, "--positions", "queried_value,query", "--out", str(tmp_path / "p")]) == 0
+    assert open_run(tmp_path / "p").result("patching/mixer.ssm_state").dims == ("metric", "layer", "role")
+    assert main(["cache", *args, "--hooks", "resid_pre", "--out", str(tmp_path / "c")]) == 0
+    assert open_run(tmp_path / "c").cache["blocks.1.hook_resid_pre"].shape == (4, 13, 16)
+    assert main(["patch", *args, "--hooks", "resid_pree", "--out", str(tmp_path / "q")]) == 2
+
+
+def test_figures(mamba, batches):
+    from probes.figures import compare_scatter, interchange_bars, patching_heatmap
+    from probes.attribution import attribution_patching
+    from probes.interchange import interchange_sweep
+
+    _, clean, corr = batches
+    res = patching_sweep(mamba, clean, corr, "resid_pre,ssm_state", "all", progress=False)
+    fig = patching_heatmap(res)
+    assert len(fig.data) == 2 and fig.data[0].z.shape == (2, 13)
+    assert fig.data[0].x[10] == "10 query" and list(fig.data[0].y) == ["L0", "L1"]
+    one = res.sel(hook="hook_resid_pre", drop=True)  # as read back from a run store
+    assert len(patching_heatmap(one, "logit_diff").data) == 1
+    with pytest.raises(ValueError, match="metrics"):
+        patching_heatmap(res, "nope")
+    attr = attribution_patching(mamba, clean, corr, "resid_pre,ssm_state", "all")
+    assert len(compare_scatter(res, attr).data[0].x) == 2 * 2 * 13
+    ic = interchange_sweep(mamba, corr, clean, "resid_pre", ["queried_value", "query"], progress=False)
+    bars = interchange_bars(ic)
+    assert len(bars.data) == 2 and list(bars.data[0].x) == ["queried_value", "query"]
