@@ -1,0 +1,317 @@
+"""Triton backward kernels of the Mamba-1 selective scan (DESIGN §3).
+
+Same layout as the forward (``triton_fwd.py``): one thread per channel, its state in
+registers, positions walked in chunks of ``T`` — here from the end. For each chunk
+the states are recomputed from the checkpoint the forward stored just before it
+(every ``T`` positions) into a ``[T, n, BD]`` register tile, then the adjoint
+g_t = ∂loss/∂h_t is run backwards:
+
+    g_t  = a_{t+1}·g_{t+1} + dy_t·C_t (+ dstates_t, + dfinal at t = L-1)
+    override at t:  dvalue = g_t, and nothing flows to h_{t-1}, Δ_t, u_t, B_t
+    otherwise:      dΔ_t = Σ_n g_t (u_t B_t + A a_t h_{t-1}),  du_t = Δ_t Σ_n g_t B_t + D dy_t
+                    dB_t = Σ_d g_t Δ_t u_t,  dA += g_t a_t h_{t-1} Δ_t
+    dC_t = Σ_d dy_t h_t;  dinitial_state = the adjoint carried to t = -1.
+
+Sums over channels (dB, dC) are per program partials, summed by the caller; dA, dD
+and dbias partials are per (batch, segment). No atomics: results are deterministic.
+
+Layout note: state-shaped addresses use ``n`` times a stride ``sn`` (= 1) that is not
+specialized, so the compiler cannot vectorize them along n. Otherwise it gives those
+loads and stores (and, through them, the loop-carried accumulators) a layout with n
+spread over lanes, which costs a shared-memory conversion every step.
+Segments (long L, few channels) first run ``_bwd_summary_kernel``: each segment's
+adjoint map g_in = P ⊙ g_out + G, folded by the earlier segments.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton_fwd import _SIZES, LOG2E, _chunk_dt
+
+
+@triton.jit(do_not_specialize=_SIZES + ['sn'])
+def _bwd_summary_kernel(
+    dl_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, ovidx_ptr, sidx_ptr, dst_ptr, sumP_ptr, sumG_ptr,
+    L, d, n, g, r, sn, seg_len, n_seg, n_st,
+    BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_DST: tl.constexpr, HAS_OV: tl.constexpr,
+):
+    """Grid (g·blocks, b, n_seg - 1) for segments 1..n_seg-1: G is the adjoint that
+    reaches h_{start-1} from inside the segment, P = Π a_t (0 with an override)."""
+    pid0 = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    pid_s = tl.program_id(2) + 1
+    nblk = tl.cdiv(r, BD)
+    grp = pid0 // nblk
+    c_loc = (pid0 % nblk) * BD + tl.arange(0, BD)
+    cmask = c_loc < r
+    ch = grp * r + c_loc
+    nn = tl.arange(0, NP)
+    nmask = nn < n
+    tt3 = tl.arange(0, T)[:, None, None]
+    dn = d * n
+    off_dn = ch[None, :] * n + nn[:, None] * sn
+    m_dn = cmask[None, :] & nmask[:, None]
+    A2 = tl.load(A_ptr + off_dn, mask=m_dn, other=0.0) * LOG2E
+    bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0)[None, None, :] if HAS_BIAS else 0.0
+
+    gc = tl.zeros([NP, BD], dtype=tl.float32)
+    sdt = tl.zeros([1, BD], dtype=tl.float32)
+    any_ov = tl.zeros([1, 1], dtype=tl.int32) - 1
+    seg_start = pid_s * seg_len
+    seg_end = tl.minimum(seg_start + seg_len, L)
+    n_chunks = tl.cdiv(seg_end - seg_start, T)
+    x_base = pid_b * L * d
+    bc_base = pid_b * L * g * n + grp * n
+    for i in range(0, n_chunks):
+        t0 = seg_start + (n_chunks - 1 - i) * T
+        tv3 = t0 + tt3
+        tm3 = tv3 < seg_end
+        x_off = x_base + tv3 * d + ch[None, None, :]
+        m_x = tm3 & cmask[None, None, :]
+        dt, dl = _chunk_dt(dl_ptr, bias, x_off, m_x, SOFTPLUS, HAS_BIAS)
+        sdt += tl.sum(dt, axis=0)
+        dy = tl.load(dout_ptr + x_off, mask=m_x, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_ptr + x_off, mask=m_x, other=0.0).to(tl.float32)
+            dy = dy * zz * tl.sigmoid(zz)
+        if HAS_OV:
+            oi = tl.load(ovidx_ptr + tv3, mask=tm3, other=-1)
+            any_ov = tl.maximum(any_ov, tl.max(oi, axis=0))
+        if HAS_DST:
+            si = tl.load(sidx_ptr + tv3, mask=tm3, other=-1)
+        for kk in tl.static_range(T):
+            k = T - 1 - kk
+            sel = tt3 == k
+            bc_off = bc_base + tl.minimum(t0 + k, L - 1) * (g * n) + nn[:, None]
+            Ck = tl.load(C_ptr + bc_off, mask=nmask[:, None], other=0.0).to(tl.float32)
+            gk = gc + tl.sum(tl.where(sel, dy, 0.0), axis=0) * Ck
+            if HAS_DST:
+                sk = tl.sum(tl.where(sel, si, 0), axis=0)
+                s_off = (pid_b * n_st + tl.maximum(sk, 0)) * dn + off_dn
+                gk += tl.load(dst_ptr + s_off, mask=(sk >= 0) & m_dn, other=0.0).to(tl.float32)
+            if HAS_OV:
+                gk = tl.where(tl.sum(tl.where(sel, oi, 0), axis=0) >= 0, 0.0, gk)
+            gc = tl.exp2(tl.sum(tl.where(sel, dt, 0.0), axis=0) * A2) * gk
+    P = tl.exp2(A2 * sdt)
+    if HAS_OV:
+        P = tl.where(any_ov >= 0, 0.0, P)
+    s_off = (pid_b * n_seg + pid_s) * dn + off_dn
+    tl.store(sumP_ptr + s_off, P, mask=m_dn)
+    tl.store(sumG_ptr + s_off, gc, mask=m_dn)
+
+
+@triton.jit(do_not_specialize=_SIZES + ['sn'])
+def _bwd_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+    ov_ptr, ovidx_ptr, sidx_ptr, ck_ptr, dout_ptr, dhT_ptr, dst_ptr, sumP_ptr, sumG_ptr,
+    du_ptr, ddl_ptr, dz_ptr, dBp_ptr, dCp_ptr, dAp_ptr, dDp_ptr, dbp_ptr, dh0_ptr, dov_ptr,
+    L, d, n, g, r, sn, seg_len, n_seg, n_st, n_ov, n_ck,
+    BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, HAS_DST: tl.constexpr, HAS_OV: tl.constexpr,
+):
+    """Grid (g·blocks, b, n_seg). ``ck[b, c]`` is h at position (c+1)·T - 1."""
+    pid0 = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    pid_s = tl.program_id(2)
+    nblk = tl.cdiv(r, BD)
+    grp = pid0 // nblk
+    c_loc = (pid0 % nblk) * BD + tl.arange(0, BD)
+    cmask = c_loc < r
+    ch = grp * r + c_loc
+    nn = tl.arange(0, NP)
+    nmask = nn < n
+    tt3 = tl.arange(0, T)[:, None, None]
+    one = tl.zeros([1, 1], dtype=tl.int32)
+    dn = d * n
+    off_dn = ch[None, :] * n + nn[:, None] * sn
+    m_dn = cmask[None, :] & nmask[:, None]
+    A = tl.load(A_ptr + off_dn, mask=m_dn, other=0.0)  # log2(e) is folded into Δ instead
+    bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0)[None, None, :] if HAS_BIAS else 0.0
+    Dv = tl.load(D_ptr + ch, mask=cmask, other=0.0)[None, None, :] if HAS_D else 0.0
+    Dv2 = tl.load(D_ptr + ch, mask=cmask, other=0.0)[None, :] if HAS_D else 0.0
+
+    # Adjoint arriving at the segment's last state from everything after it.
+    if HAS_DHT:
+        gc = tl.load(dhT_ptr + pid_b * dn + off_dn, mask=m_dn, other=0.0).to(tl.float32)
+    else:
+        gc = tl.zeros([NP, BD], dtype=tl.float32)
+    for jj in range(0, n_seg - 1 - pid_s):
+        s_off = (pid_b * n_seg + (n_seg - 1 - jj)) * dn + off_dn
+        gc = tl.load(sumP_ptr + s_off, mask=m_dn, other=0.0) * gc + tl.load(sumG_ptr + s_off, mask=m_dn, other=0.0)
+
+    dA_acc = tl.zeros([NP, BD], dtype=tl.float32)
+    dD_acc = tl.zeros([1, BD], dtype=tl.float32)
+    db_acc = tl.zeros([1, BD], dtype=tl.float32)
+    seg_start = pid_s * seg_len
+    seg_end = tl.minimum(seg_start + seg_len, L)
+    n_chunks = tl.cdiv(seg_end - seg_start, T)
+    x_base = pid_b * L * d
+    bc_base = pid_b * L * g * n + grp * n
+    p_base = (pid0 * tl.num_programs(1) + pid_b) * L * n  # dB/dC partials [g·blocks, b, L, n]
+    for i in range(0, n_chunks):
+        t0 = seg_start + (n_chunks - 1 - i) * T
+        tv3 = t0 + tt3
+        tm3 = tv3 < seg_end
+        x_off = x_base + tv3 * d + ch[None, None, :]
+        m_x = tm3 & cmask[None, None, :]
+        u = tl.load(u_ptr + x_off, mask=m_x, other=0.0).to(tl.float32)
+        dt, dl = _chunk_dt(dl_ptr, bias, x_off, m_x, SOFTPLUS, HAS_BIAS)
+        if SOFTPLUS:
+            sdl = tl.sigmoid(dl)  # softplus'
+        dout = tl.load(dout_ptr + x_off, mask=m_x, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_ptr + x_off, mask=m_x, other=0.0).to(tl.float32)
+            sg = tl.sigmoid(zz)
+            dy = dout * zz * sg
+        else:
+            dy = dout
+        if HAS_D:
+            dD_acc += tl.sum(dy * u, axis=0)
+        if HAS_OV:
+            oi = tl.load(ovidx_ptr + tv3, mask=tm3, other=-1)
+        if HAS_DST:
+            si = tl.load(sidx_ptr + tv3, mask=tm3, other=-1)
+
+        # State before the chunk: the checkpoint, or the initial state at t = 0.
+        c_off = (pid_b * n_ck + tl.maximum(t0 // T - 1, 0)) * dn + off_dn
+        hs = tl.load(ck_ptr + c_off, mask=m_dn & ((one + t0) > 0), other=0.0)
+        if HAS_H0:
+            hs += tl.load(h0_ptr + pid_b * dn + off_dn, mask=m_dn & ((one + t0) == 0), other=0.0).to(tl.float32)
+
+        # Recompute the chunk's states into a [T, NP, BD] register tile (and y for dz).
+        h = hs
+        H = tl.zeros([T, NP, BD], dtype=tl.float32)
+        if HAS_Z:
+            y_t = tl.zeros([T, 1, BD], dtype=tl.float32)
+        for k in tl.static_range(T):
+            sel = tt3 == k
+            bc_off = bc_base + tl.minimum(t0 + k, L - 1) * (g * n) + nn[:, None]
+            Bk = tl.load(B_ptr + bc_off, mask=nmask[:, None], other=0.0).to(tl.float32)
+            dtuk = tl.sum(tl.where(sel, dt * u, 0.0), axis=0)
+            h = tl.exp2(tl.sum(tl.where(sel, dt, 0.0), axis=0) * LOG2E * A) * h + dtuk * Bk
+            if HAS_OV:
+                ok = tl.sum(tl.where(sel, oi, 0), axis=0)
+                v_off = (pid_b * n_ov + tl.maximum(ok, 0)) * dn + off_dn
+                v = tl.load(ov_ptr + v_off, mask=(ok >= 0) & m_dn, other=0.0).to(tl.float32)
+                h = tl.where(ok >= 0, v, h)
+            H = tl.where(sel, h[None, :, :], H)
+            if HAS_Z:
+                Ck = tl.load(C_ptr + bc_off, mask=nmask[:, None], other=0.0).to(tl.float32)
+                y_t = tl.where(sel, tl.sum(h * Ck, axis=0, keep_dims=True)[None, :, :], y_t)
+        if HAS_Z:
+            dz = dout * (y_t + Dv * u) * sg * (1.0 + zz * (1.0 - sg))
+            tl.store(dz_ptr + x_off, dz.to(dz_ptr.dtype.element_ty), mask=m_x)
+
+        # Run the adjoint backwards through the chunk; du and dΔ are stored per step.
+        hk = h  # the chunk's last state
+        for kk in tl.static_range(T):
+            k = T - 1 - kk
+            sel = tt3 == k
+            t = t0 + k
+            t_ok = (one + t) < seg_end
+            bc_off = bc_base + tl.minimum(t, L - 1) * (g * n) + nn[:, None]
+            Bk = tl.load(B_ptr + bc_off, mask=nmask[:, None], other=0.0).to(tl.float32)
+            Ck = tl.load(C_ptr + bc_off, mask=nmask[:, None], other=0.0).to(tl.float32)
+            if k > 0:
+                hp = tl.sum(tl.where(tt3 == k - 1, H, 0.0), axis=0)
+            else:
+                hp = hs
+            dyk = tl.sum(tl.where(sel, dy, 0.0), axis=0)
+            gk = gc + dyk * Ck
+            if HAS_DST:
+                sk = tl.sum(tl.where(sel, si, 0), axis=0)
+                s_off = (pid_b * n_st + tl.maximum(sk, 0)) * dn + off_dn
+                gk += tl.load(dst_ptr + s_off, mask=(sk >= 0) & m_dn, other=0.0).to(tl.float32)
+            dCk = tl.sum(hk * dyk, axis=1, keep_dims=True)  # [NP, 1]: a sum across the threads
+            tl.store(dCp_ptr + p_base + t * n + nn[:, None] * sn, dCk, mask=nmask[:, None] & t_ok)
+            if HAS_OV:
+                ok = tl.sum(tl.where(sel, oi, 0), axis=0)
+                v_off = (pid_b * n_ov + tl.maximum(ok, 0)) * dn + off_dn
+                tl.store(dov_ptr + v_off, gk, mask=(ok >= 0) & m_dn)
+                gk = tl.where(ok >= 0, 0.0, gk)
+            dtk = tl.sum(tl.where(sel, dt, 0.0), axis=0)
+            uk = tl.sum(tl.where(sel, u, 0.0), axis=0)
+            ak = tl.exp2((dtk * LOG2E) * A)
+            ah = ak * hp
+            ddtk = tl.sum(gk * (uk * Bk + ah * A), axis=0, keep_dims=True)  # [1, BD]
+            if SOFTPLUS:
+                ddtk = ddtk * tl.sum(tl.where(sel, sdl, 0.0), axis=0)
+            duk = dtk * tl.sum(gk * Bk, axis=0, keep_dims=True) + dyk * Dv2
+            m_row = cmask[None, :] & t_ok
+            tl.store(ddl_ptr + x_base + t * d + ch[None, :], ddtk.to(ddl_ptr.dtype.element_ty), mask=m_row)
+            tl.store(du_ptr + x_base + t * d + ch[None, :], duk.to(du_ptr.dtype.element_ty), mask=m_row)
+            db_acc += tl.where(m_row, ddtk, 0.0)
+            dBk = tl.sum(gk * (dtk * uk), axis=1, keep_dims=True)
+            tl.store(dBp_ptr + p_base + t * n + nn[:, None] * sn, dBk, mask=nmask[:, None] & t_ok)
+            dA_acc += gk * ah * dtk
+            gc = ak * gk
+            hk = hp
+
+    p_off = (pid_b * n_seg + pid_s) * dn + off_dn
+    tl.store(dAp_ptr + p_off, dA_acc, mask=m_dn)
+    v_off = (pid_b * n_seg + pid_s) * d + ch[None, :]
+    tl.store(dDp_ptr + v_off, dD_acc, mask=cmask[None, :])
+    tl.store(dbp_ptr + v_off, db_acc, mask=cmask[None, :])
+    tl.store(dh0_ptr + pid_b * dn + off_dn, gc, mask=m_dn & ((one + pid_s) == 0))
+
+
+def scan_bwd(u, delta, A, Bg, Cg, D, z, bias, softplus, h0, sidx, n_st, ov_val, ovidx, ck,
+             dout, dhT, dst, plan):
+    """Launch the backward. Inputs as for ``triton_fwd.scan_fwd``; ``ck`` the forward's
+    checkpoints taken every ``plan.T_bwd`` positions; dout ``[b, L, d]``; dhT
+    ``[b, d, n]`` or None; dst ``[b, n_st, d, n]`` or None. Returns grads
+    (du, ddelta, dz | None in their inputs' dtypes; dA ``[d, n]``, dB, dC ``[b, L, g, n]``,
+    dD, dbias ``[d]``, dh0 ``[b, d, n]``, dov ``[b, P, d, n]`` in fp32)."""
+    b, L, d = u.shape
+    g, n = Bg.shape[2], A.shape[1]
+    r = d // g
+    BD, NP, T, S, seg_len = plan.BD, plan.NP, plan.T_bwd, plan.n_seg, plan.seg_len
+    nblk = triton.cdiv(r, BD)
+    sn = 1  # stride of n in state-shaped tensors, passed unspecialized (see the module notes)
+    f32 = dict(device=u.device, dtype=torch.float32)
+    du = torch.empty_like(u)
+    ddl = torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else None
+    dBp = torch.empty(g * nblk, b, L, n, **f32)
+    dCp = torch.empty(g * nblk, b, L, n, **f32)
+    dAp = torch.empty(b, S, d, n, **f32)
+    dDp = torch.empty(b, S, d, **f32)
+    dbp = torch.empty(b, S, d, **f32)
+    dh0 = torch.empty(b, d, n, **f32)
+    n_ov = ov_val.shape[1] if ov_val is not None else 0
+    dov = torch.zeros(b, n_ov, d, n, **f32) if ov_val is not None else None
+    dummy = dh0
+    if S > 1:
+        sumP = torch.empty(b, S, d, n, **f32)
+        sumG = torch.empty(b, S, d, n, **f32)
+        _bwd_summary_kernel[(g * nblk, b, S - 1)](
+            delta, A, Cg, z if z is not None else u, bias if bias is not None else dummy, dout,
+            ovidx if ovidx is not None else dummy, sidx if sidx is not None else dummy,
+            dst if dst is not None else dummy, sumP, sumG, L, d, n, g, r, sn, seg_len, S, n_st,
+            BD=BD, NP=NP, T=T, SOFTPLUS=softplus, HAS_BIAS=bias is not None, HAS_Z=z is not None,
+            HAS_DST=dst is not None, HAS_OV=ov_val is not None, num_warps=plan.num_warps,
+        )
+    else:
+        sumP = sumG = dummy
+    _bwd_kernel[(g * nblk, b, S)](
+        u, delta, A, Bg, Cg, D if D is not None else dummy, z if z is not None else u,
+        bias if bias is not None else dummy, h0 if h0 is not None else dummy,
+        ov_val if ov_val is not None else dummy, ovidx if ovidx is not None else dummy,
+        sidx if sidx is not None else dummy, ck, dout, dhT if dhT is not None else dummy,
+        dst if dst is not None else dummy, sumP, sumG,
+        du, ddl, dz if dz is not None else du, dBp, dCp, dAp, dDp, dbp, dh0,
+        dov if dov is not None else dummy,
+        L, d, n, g, r, sn, seg_len, S, n_st, n_ov, ck.shape[1],
+        BD=BD, NP=NP, T=T, SOFTPLUS=softplus, HAS_BIAS=bias is not None, HAS_D=D is not None,
+        HAS_Z=z is not None, HAS_H0=h0 is not None, HAS_DHT=dhT is not None, HAS_DST=dst is not None,
+        HAS_OV=ov_val is not None, num_warps=plan.num_warps_bwd,
+    )
+    dB = dBp.view(g, nblk, b, L, n).sum(1).permute(1, 2, 0, 3)
+    dC = dCp.view(g, nblk, b, L, n).sum(1).permute(1, 2, 0, 3)
+    return du, ddl, dz, dAp.sum((0, 1)), dB, dC, dDp.sum((0, 1)), dbp.sum((0, 1)), dh0, dov
