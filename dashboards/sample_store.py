@@ -199,7 +199,6 @@ def write_sample_store(root: str | Path, *, models=("mamba", "transformer", "bmo
                        vocab: int = 64, n_pairs: int = 4, seed: int = 0, patch_positions: int = 12) -> list[str]:
     """Write one run per model under ``root/prefix``; returns the run ids."""
     root = Path(root)
-    torch.set_grad_enabled(True)
     return [write_one(root, prefix, m, n_layers=n_layers, seq_len=seq_len, n_examples=n_examples,
                       d_model=d_model, vocab=vocab, n_pairs=n_pairs, seed=seed, patch_positions=patch_positions)
             for m in models]

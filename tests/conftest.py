@@ -19,3 +19,12 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """‖a − b‖ / ‖b‖ in float64 (NaN never passes: NaN compares false)."""
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+@pytest.fixture(autouse=True)
+def _no_global_state_leaks():
+    """A test (or library code it calls) must not leave autograd switched off."""
+    yield
+    leaked = not torch.is_grad_enabled()
+    torch.set_grad_enabled(True)
+    assert not leaked, "grad mode was left disabled (use `with torch.no_grad():`)"

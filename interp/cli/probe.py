@@ -74,10 +74,10 @@ def run(args) -> int:
     batch = make_task(task_name, **task_cfg).sample(args.n, args.seed)
     positions = args.positions if args.positions == "all" else [
         int(p) if p.strip().lstrip("-").isdigit() else p.strip() for p in args.positions.split(",")]
-    torch.set_grad_enabled(False)
-    da = probe_sweep(model, batch, args.hooks, args.target, positions, method=args.method,
-                     control=args.control, test_frac=args.test_frac, seed=args.seed,
-                     batch_size=args.batch_size, progress=True)
+    with torch.no_grad():  # scoped: the CLI also runs in-process (tests, notebooks)
+        da = probe_sweep(model, batch, args.hooks, args.target, positions, method=args.method,
+                         control=args.control, test_frac=args.test_frac, seed=args.seed,
+                         batch_size=args.batch_size, progress=True)
     config = {"kind": "probe", "checkpoint": str(args.checkpoint), "task": task_name, "task_config": task_cfg,
               "n": args.n, "seed": args.seed, "hooks": args.hooks, "target": args.target,
               "positions": args.positions, "method": args.method, "control": args.control,
