@@ -1,9 +1,12 @@
-"""Shared test setup: deterministic small threads, the gpu marker skip."""
+"""Shared test setup: one torch thread, the gpu marker skip, no leaked grad mode."""
 
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# The test models are tiny: one intra-op thread is fastest, and it keeps the suite
+# from stalling when another process shares a 2-core machine (two OpenMP threads
+# made forwards 10-70x slower under such load here).
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
