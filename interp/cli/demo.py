@@ -1,31 +1,82 @@
-"""``ssmlens demo``: the main job on local defaults.
+"""``ssmlens demo``: the main job on local defaults, on the CPU.
 
-Builds a Mamba and a Transformer, caches their internals on a synthetic batch and
-prints a short summary of what was cached (grows as the workbench grows).
+1. trains (or reuses) the demo models on a small associative-recall setting
+   (``interp.demo_train``), under ``runs/``;
+2. runs the AR patching study on each (``probes.study.run_patching_study``): clean
+   vs. value-corrupted runs, every layer × position of the residual stream and of the
+   model's memory (SSM states, attention outputs), attribution patching, a cached
+   clean run — one run store per model under ``runs/demo/``;
+3. prints the accuracies and, per model, which component and position restores the
+   answer most;
+4. serves the dashboard on those runs (``--no-serve`` to stop after step 3).
+
+Every step reuses finished work, so a second ``make demo`` goes straight to the
+dashboard.
 """
 
 from __future__ import annotations
 
 NAME = "demo"
-HELP = "run the end-to-end demo on local defaults (CPU)"
+HELP = "train the demo models, run the AR patching study, serve the dashboard"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--runs", default="runs", help="directory for checkpoints and run stores (default: runs)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--examples", type=int, default=64, help="AR examples in each patching study")
+    parser.add_argument("--port", type=int, default=8050, help="dashboard port (default: 8050)")
+    parser.add_argument("--no-serve", action="store_true", help="stop after writing the run stores")
+
+
+def _study(checkpoint, out, examples: int) -> str:
+    """Run the patching study unless a complete store of this checkpoint is there."""
+    from interp.store import StoreError, open_run
+    from probes.study import run_patching_study
+
+    try:
+        run = open_run(out)
+        if run.config.get("checkpoint") == str(checkpoint) and run.config.get("n_examples") == examples:
+            return str(out)
+    except StoreError:
+        pass
+    return run_patching_study(checkpoint, str(out), n_examples=examples, overwrite=True)
+
+
+def _strongest(store: str) -> list[str]:
+    """One line per hook kind: where restoring the clean value helps most."""
+    from interp.store import open_run
+
+    run = open_run(store)
+    lines = []
+    for name in sorted(r for r in run.results() if r.startswith("patching_roles/")):
+        da = run.result(name).sel(metric="restored")
+        best = da.where(da.notnull(), -1e9).argmax(...)
+        layer, role = int(da.layer[best["layer"]]), str(da.role[best["role"]].item())
+        lines.append(f"{name.split('/', 1)[1]:18s} best: layer {layer}, {role:14s} restores "
+                     f"{float(da.isel(best)):6.1%} of p(answer)")
+    return lines
 
 
 def run(args) -> int:
-    import torch
+    from pathlib import Path
 
-    from models import Mamba, Transformer
+    from interp.demo_train import train_demo_models
 
-    torch.manual_seed(args.seed)
-    tokens = torch.randint(0, 64, (4, 32))
-    for model in (Mamba(vocab_size=64, d_model=64, n_layers=2), Transformer(vocab_size=64, d_model=64, n_layers=2)):
-        logits, cache = model.run_with_cache(tokens)
-        print(f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-              f"{len(cache)} cached hooks, logits {tuple(logits.shape)}")
-        for name in list(cache.keys())[:3] + [k for k in cache.keys() if "ssm_state" in k or "pattern" in k][:1]:
-            print(f"  {name:36s} {tuple(cache[name].shape)}")
-    return 0
+    runs = Path(args.runs)
+    print(f"== 1. training the demo models on the CPU (checkpoints under {runs}/)")
+    trained = train_demo_models(out_dir=runs)
+    print("\n== 2. AR patching study (clean value -> corrupted run), one run store per model")
+    stores = {}
+    for name, (checkpoint, acc) in trained.items():
+        stores[name] = _study(checkpoint, runs / "demo" / name, args.examples)
+    print("\n== 3. results")
+    for name, (checkpoint, acc) in trained.items():
+        print(f"{name}: answer accuracy {acc:.1%}  (checkpoint {checkpoint})")
+        for line in _strongest(stores[name]):
+            print(f"    {line}")
+        print(f"    run store: {stores[name]}")
+    if args.no_serve:
+        return 0
+    print(f"\n== 4. dashboard on {runs}/ (Ctrl+C to stop)")
+    from interp.cli.dash import serve
+
+    return serve(str(runs), "127.0.0.1", args.port)

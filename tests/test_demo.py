@@ -1,0 +1,35 @@
+"""`ssmlens demo --no-serve` end to end, on tiny training budgets: it trains, writes
+one complete patching store per model that the dashboard lists, and reuses them."""
+
+import pytest
+
+import interp.demo_train as demo_train
+from interp.cli import main
+from interp.store import list_runs, open_run
+
+
+@pytest.fixture
+def tiny_demo(monkeypatch):
+    tiny = {name: dict(s, steps=12, eval_every=12, eval_size=32, stop_at_acc=None, warmup_steps=2)
+            for name, s in demo_train.DEMO_SETTINGS.items()}
+    monkeypatch.setattr(demo_train, "DEMO_SETTINGS", tiny)
+    return tiny
+
+
+def test_demo_writes_stores_and_reuses_them(tmp_path, tiny_demo, capsys):
+    assert main(["demo", "--runs", str(tmp_path), "--examples", "8", "--no-serve"]) == 0
+    out = capsys.readouterr().out
+    for name in tiny_demo:
+        store = tmp_path / "demo" / name
+        run = open_run(store)
+        assert run.is_complete and run.config["model_type"] == name
+        assert any(r.startswith("patching/") for r in run.results())
+        assert f"{name}: answer accuracy" in out
+    assert "best: layer" in out
+    listed = {info.run_id for info in list_runs(tmp_path) if info.complete}
+    assert {f"demo/{name}" for name in tiny_demo} <= listed
+
+    stamps = {name: open_run(tmp_path / "demo" / name).attrs.get("created_at") for name in tiny_demo}
+    assert main(["demo", "--runs", str(tmp_path), "--examples", "8", "--no-serve"]) == 0
+    again = {name: open_run(tmp_path / "demo" / name).attrs.get("created_at") for name in tiny_demo}
+    assert again == stamps  # finished studies are reused, not rewritten
