@@ -1,0 +1,148 @@
+"""``ssmlens train``: train any registered model on any task, from flags or a config file.
+
+    ssmlens train --model mamba --task ar --d-model 64 --layers 2 --steps 3000
+    ssmlens train --config run.yaml --lr 3e-3        # flags override the file
+    ssmlens train --model transformer --task ar --task-arg n_keys=64 --task-arg n_pairs=8
+
+The run goes to ``<out-dir>/<name>/`` (default ``runs/<model>-<task>/``): checkpoints,
+``metrics.jsonl``, ``final/`` and ``best/``. Running the same command again resumes
+from the last checkpoint (or returns at once when the run is finished).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+NAME = "train"
+HELP = "train a model on a task (checkpoints and metrics go to runs/<name>/)"
+
+# TrainConfig fields set by a flag of the same dest (present in args only when given)
+_FIELD_FLAGS = (
+    "model", "task", "d_model", "n_layers", "steps", "batch_size", "lr", "min_lr_ratio", "warmup_steps",
+    "weight_decay", "beta1", "beta2", "grad_clip", "aux_loss_weight", "supervise", "seed", "eval_every", "eval_size",
+    "eval_batch_size", "stop_at_acc", "max_time_s", "log_every", "checkpoint_every", "keep_checkpoints",
+    "name", "out_dir", "device",
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    # Config flags default to SUPPRESS: an attribute exists only when the flag was
+    # given, so flags override the config file and nothing else does.
+    p.argument_default = argparse.SUPPRESS
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="YAML or JSON file of TrainConfig fields (flags override it)")
+    g = p.add_argument_group("what to train")
+    g.add_argument("--model", help="registered model name (e.g. transformer, mamba); default transformer")
+    g.add_argument("--task", help="task name (ar, mqar, induction, selective_copy, atr); default ar")
+    g.add_argument("--d-model", type=int, dest="d_model", help="model width (default 64)")
+    g.add_argument("--layers", "--n-layers", type=int, dest="n_layers", help="number of layers (default 2)")
+    g.add_argument("--model-arg", action="append", metavar="FIELD=VALUE",
+                   help="any other model config field, e.g. n_heads=4 or d_state=16 (repeatable)")
+    g.add_argument("--task-arg", action="append", metavar="FIELD=VALUE",
+                   help="task config field, e.g. n_keys=64 (repeatable)")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--steps", type=int, help="optimizer steps (default 2000)")
+    o.add_argument("--batch-size", type=int, dest="batch_size", help="examples per step (default 64)")
+    o.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    o.add_argument("--min-lr-ratio", type=float, dest="min_lr_ratio", help="cosine floor as a fraction of lr")
+    o.add_argument("--warmup", "--warmup-steps", type=int, dest="warmup_steps", help="linear warm-up steps")
+    o.add_argument("--weight-decay", type=float, dest="weight_decay", help="AdamW weight decay")
+    o.add_argument("--beta1", type=float)
+    o.add_argument("--beta2", type=float)
+    o.add_argument("--grad-clip", type=_float_or_none, dest="grad_clip", help="max grad norm ('none' disables)")
+    o.add_argument("--aux-loss-weight", type=float, dest="aux_loss_weight",
+                   help="weight of the model's auxiliary losses (MoE balance, B'MOJO predictor)")
+    o.add_argument("--supervise", choices=["mask", "all"],
+                   help="loss on the task's supervised positions (mask, default) or on every next token (all)")
+    o.add_argument("--seed", type=int, help="seed of the model init and of the data")
+    e = p.add_argument_group("evaluation, checkpoints, output")
+    e.add_argument("--eval-every", type=int, dest="eval_every", help="steps between held-out evaluations")
+    e.add_argument("--eval-size", type=int, dest="eval_size", help="held-out examples")
+    e.add_argument("--eval-batch-size", type=int, dest="eval_batch_size")
+    e.add_argument("--stop-at-acc", type=float, dest="stop_at_acc", help="stop once eval accuracy reaches this")
+    e.add_argument("--max-time", type=float, dest="max_time_s", metavar="SECONDS", help="training time limit")
+    e.add_argument("--log-every", type=int, dest="log_every", help="steps between progress-bar updates")
+    e.add_argument("--checkpoint-every", type=int, dest="checkpoint_every", help="default: at every eval")
+    e.add_argument("--keep-checkpoints", type=int, dest="keep_checkpoints", help="step checkpoints kept")
+    e.add_argument("--name", help="run name (default <model>-<task>)")
+    e.add_argument("--out-dir", dest="out_dir", help="parent of run directories (default runs)")
+    e.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    e.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="refuse to continue an existing run (default: resume it)")
+    e.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    e.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    e.add_argument("--print-config", action="store_true", default=False,
+                   help="print the resolved config as YAML and exit")
+
+
+def _float_or_none(text: str) -> float | None:
+    if text.lower() in ("none", "off", "0"):
+        return None
+    return float(text)
+
+
+def parse_assignments(items: list[str], flag: str) -> dict:
+    """``["n_keys=64", "positional=rotary"]`` -> ``{"n_keys": 64, "positional": "rotary"}`` (YAML-typed)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} expects FIELD=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def resolve_config(args: argparse.Namespace):
+    """The TrainConfig of the command line: file values, then flags on top."""
+    from interp.training.config import TrainConfig, coerce_numbers, load_config_file, normalize_keys
+
+    values = normalize_keys(load_config_file(args.config)) if args.config else {}
+    given = vars(args)
+    for name in _FIELD_FLAGS + ("resume", "overwrite", "progress"):
+        if name in given:
+            values[name] = given[name]
+    for flag, field, dest in (("--model-arg", "model_config", "model_arg"), ("--task-arg", "task_config", "task_arg")):
+        if given.get(dest):
+            values[field] = {**values.get(field, {}), **parse_assignments(given[dest], flag)}
+    return TrainConfig(**coerce_numbers(values))
+
+
+def check_names(config) -> None:
+    """Unknown model or task names fail before anything is built, naming the valid ones."""
+    from interp.training.data import task_names
+    from models.registry import model_names
+
+    if config.model not in model_names():
+        raise ValueError(f"unknown model {config.model!r}; valid models: {', '.join(model_names())}")
+    if config.task not in task_names():
+        raise ValueError(f"unknown task {config.task!r}; valid tasks: {', '.join(task_names())}")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = resolve_config(args)
+        if args.print_config:
+            import yaml
+
+            print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+            return 0
+        check_names(config)
+        from interp.training import Trainer
+
+        trainer = Trainer(config)
+    except (ValueError, FileExistsError, TypeError) as e:
+        print(f"ssmlens train: error: {e}", file=sys.stderr)
+        return 2
+    if trainer.resumed_from is not None:
+        print(f"resuming {config.run_dir} from {trainer.resumed_from.name} (step {trainer.step})", file=sys.stderr)
+    result = trainer.fit()
+    ev = result.eval
+    print(f"run {result.run_dir}: step {result.step}/{config.steps} ({result.stop_reason}), "
+          f"eval acc {ev['acc']:.4f}, loss {ev['loss']:.4f}, best acc {result.best_eval.get('acc', float('nan')):.4f}, "
+          f"{result.train_time_s:.1f}s, {result.tokens_per_s:.0f} tok/s")
+    print(f"checkpoint: {result.checkpoint}")
+    print(f"metrics: {result.run_dir / 'metrics.jsonl'}")
+    return 0

@@ -1,0 +1,29 @@
+"""The trainer's public entry point (issue 5): ``from interp.train import train, TrainConfig``.
+
+The implementation lives in :mod:`interp.training` (config, schedule, data,
+evaluate, checkpointing, loop); this module re-exports it.
+"""
+
+from interp.training import (
+    ConfigError,
+    RunDir,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    evaluate,
+    load_config,
+    resolve_checkpoint,
+    train,
+)
+
+__all__ = [
+    "ConfigError",
+    "RunDir",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "evaluate",
+    "load_config",
+    "resolve_checkpoint",
+    "train",
+]
