@@ -24,12 +24,13 @@ from models.norm import make_norm
 class LanguageModel(HookedModel):
     model_type: ClassVar[str] = ""
     config_class: ClassVar[type] = object
+    embed_init_std: ClassVar[float] = 0.02  # mamba_ssm's embedding init
 
     def __init__(self, cfg: Any):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.embed.weight, std=self.embed_init_std)
         self.hook_embed = HookPoint()
         self.ln_final = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.unembed = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
