@@ -135,7 +135,9 @@ class MambaMixer(nn.Module):
         so h + e is the state sequence of a scan overridden at the edited positions,
         and y + C·e its readout.
         """
-        h_edit = self.hook_ssm_state(h)
+        # The hook gets a copy: a hook that edits in place (``h[:, t] = v; return h``)
+        # must still be seen as an edit, so the scanned states are kept apart.
+        h_edit = self.hook_ssm_state(h.clone())
         diff = h_edit - h
         edited = (diff != 0).flatten(2).any(-1)  # b L
         needs_grad = torch.is_grad_enabled() and h_edit.requires_grad

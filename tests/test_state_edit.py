@@ -42,6 +42,22 @@ def test_edit_changes_only_t_and_later(model, t):
         assert (edited[:, t + 1 :] - ident[:, t + 1 :]).abs().amax(-1).min() > 0  # every later position moved
 
 
+def test_in_place_edit_is_an_edit(model):
+    """TransformerLens hooks often edit in place and return the same tensor."""
+    tokens = torch.randint(0, V, (2, 14))
+    value = torch.randn(2, 48, 4)
+
+    def in_place(h, hook):
+        h[:, 5] = value
+        return h
+
+    with torch.no_grad():
+        want = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, _edit_at(5, value))])
+        got = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, in_place)])
+    assert torch.equal(got, want)
+    assert not torch.allclose(got, model(tokens), atol=1e-4)
+
+
 def test_edit_equals_scan_state_override(model):
     """The mixer's propagation equals re-running the scan with state_override."""
     mixer = model.blocks[0].mixer
