@@ -40,7 +40,7 @@ These choices are ours, not the paper's.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -50,7 +50,7 @@ from interp.hooks import HookPoint
 from models.bmojo_attention import BMojoAttention, PatternParts, split_pattern
 from models.bmojo_memory import EideticMemory, memory_mask, window_mask
 from models.lm import LanguageModel
-from models.mamba_mixer import MambaMixer, MixerConfig
+from models.mamba_mixer import MambaMixer, MixerOptions
 from models.mlp import MLP
 from models.norm import make_norm
 
@@ -58,7 +58,7 @@ __all__ = ["BMojo", "BMojoBlock", "BMojoConfig", "PatternParts", "split_pattern"
 
 
 @dataclass
-class BMojoConfig:
+class BMojoConfig(MixerOptions):  # + the mixer's options (MixerOptions)
     vocab_size: int = 256
     d_model: int = 64
     n_layers: int = 2
@@ -72,18 +72,6 @@ class BMojoConfig:
     use_attention: bool = True  # False: the block adds f itself (Mamba path)
     positional: str = "rotary"  # "rotary" or "none"
     attn_bias: bool = True  # biases of attention and MLP projections
-    # Mamba mixer options (names and defaults of MixerConfig / mamba_ssm)
-    d_state: int = 16
-    d_conv: int = 4
-    expand: int = 2
-    dt_rank: int | str = "auto"
-    dt_min: float = 0.001
-    dt_max: float = 0.1
-    dt_init_floor: float = 1e-4
-    dt_scale: float = 1.0
-    bias: bool = False
-    conv_bias: bool = True
-    scan_backend: str = "auto"
     norm: str = "rms"
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
@@ -113,9 +101,6 @@ class BMojoConfig:
             raise ValueError("use_ssm and use_attention cannot both be False: the block would mix nothing")
         self.mixer_config().check()
 
-    def mixer_config(self) -> MixerConfig:
-        names = {f.name for f in fields(MixerConfig)}
-        return MixerConfig(**{k: v for k, v in self.__dict__.items() if k in names})
 
 
 class BMojoBlock(nn.Module):

@@ -8,46 +8,31 @@ row of DESIGN §2.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch.nn as nn
 from torch import Tensor
 
 from interp.hooks import HookPoint
 from models.lm import LanguageModel
-from models.mamba_mixer import MambaMixer, MixerConfig
+from models.mamba_mixer import MambaMixer, MixerOptions
 from models.norm import make_norm
 
 
 @dataclass
-class MambaConfig:
+class MambaConfig(MixerOptions):  # + the mixer's options (MixerOptions)
     vocab_size: int = 256
     d_model: int = 64
     n_layers: int = 2
-    d_state: int = 16
-    d_conv: int = 4
-    expand: int = 2
-    dt_rank: int | str = "auto"
-    dt_min: float = 0.001
-    dt_max: float = 0.1
-    dt_init_floor: float = 1e-4
-    dt_scale: float = 1.0
-    bias: bool = False
-    conv_bias: bool = True
     norm: str = "rms"
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
-    scan_backend: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         self.mixer_config().check()
-
-    def mixer_config(self) -> MixerConfig:
-        names = {f.name for f in fields(MixerConfig)}
-        return MixerConfig(**{k: v for k, v in self.__dict__.items() if k in names})
 
     @property
     def d_inner(self) -> int:

@@ -16,7 +16,7 @@ were overridden), which attribution patching needs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -28,11 +28,11 @@ from interp.hooks import HookPoint
 from kernels import linear_recurrence, selective_scan
 
 
-@dataclass
-class MixerConfig:
-    """Options of the Mamba mixer; names and defaults follow mamba_ssm."""
+@dataclass(kw_only=True)
+class MixerOptions:
+    """The Mamba mixer's options as fields of a model config (Mamba, B'MOJO,
+    MoE-Mamba inherit them); names and defaults follow mamba_ssm."""
 
-    d_model: int
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
@@ -44,6 +44,17 @@ class MixerConfig:
     bias: bool = False
     conv_bias: bool = True
     scan_backend: str = "auto"
+
+    def mixer_config(self) -> "MixerConfig":
+        """The MixerConfig of this model config (its ``d_model`` and mixer fields)."""
+        return MixerConfig(d_model=self.d_model, **{f.name: getattr(self, f.name) for f in fields(MixerOptions)})
+
+
+@dataclass(kw_only=True)
+class MixerConfig(MixerOptions):
+    """Options of one Mamba mixer."""
+
+    d_model: int
 
     @property
     def d_inner(self) -> int:

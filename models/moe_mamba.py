@@ -14,7 +14,7 @@ from the last forward (α = ``load_balance_coef``, 0.01 by default).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -22,7 +22,7 @@ from torch import Tensor
 
 from interp.hooks import HookPoint
 from models.lm import LanguageModel
-from models.mamba_mixer import MambaMixer, MixerConfig
+from models.mamba_mixer import MambaMixer, MixerOptions
 from models.moe import SwitchMoE, ablate_expert
 from models.norm import make_norm
 
@@ -30,7 +30,7 @@ __all__ = ["MoEMamba", "MoEMambaBlock", "MoEMambaConfig", "ablate_expert"]
 
 
 @dataclass
-class MoEMambaConfig:
+class MoEMambaConfig(MixerOptions):  # + the mixer's options (MixerOptions)
     vocab_size: int = 256
     d_model: int = 64
     n_layers: int = 2  # pairs (Mamba layer, MoE layer)
@@ -39,18 +39,6 @@ class MoEMambaConfig:
     capacity_factor: float = 1.25
     load_balance_coef: float = 0.01  # α
     moe_bias: bool = True
-    # Mamba mixer options (names and defaults of MixerConfig / mamba_ssm)
-    d_state: int = 16
-    d_conv: int = 4
-    expand: int = 2
-    dt_rank: int | str = "auto"
-    dt_min: float = 0.001
-    dt_max: float = 0.1
-    dt_init_floor: float = 1e-4
-    dt_scale: float = 1.0
-    bias: bool = False
-    conv_bias: bool = True
-    scan_backend: str = "auto"
     norm: str = "rms"
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
@@ -71,9 +59,6 @@ class MoEMambaConfig:
             raise ValueError(f"norm must be 'rms' or 'layer', got {self.norm!r}")
         self.mixer_config().check()
 
-    def mixer_config(self) -> MixerConfig:
-        names = {f.name for f in fields(MixerConfig)}
-        return MixerConfig(**{k: v for k, v in self.__dict__.items() if k in names})
 
 
 class MoEMambaBlock(nn.Module):
