@@ -47,7 +47,7 @@ class Ablation:
         return BoundAblation(lambda rows: self.fwd_hooks(model))
 
     def fwd_hooks(self, model) -> Hooks:  # structural ablations: hooks that need no data
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define fwd_hooks(model) or override bind()")
 
     @property
     def label(self) -> str:
