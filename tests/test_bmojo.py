@@ -60,7 +60,8 @@ def test_window_covers_all_no_ssm_no_memory_is_a_causal_transformer(window):
 def test_attention_removed_is_the_mamba_mixer_path(backend):
     torch.manual_seed(0)
     mb = Mamba(vocab_size=50, d_model=16, n_layers=2, d_state=4, scan_backend=backend).eval()
-    bm = bmojo(window=0, memory_size=0, use_attention=False, d_mlp=0, scan_backend=backend)
+    bm = bmojo(window=0, memory_size=0, use_attention=False, d_mlp=0, scan_backend=backend,
+                tie_embeddings=True)  # as the Mamba it is compared with
     state = {k.replace(".norm.", ".ln1."): v for k, v in mb.state_dict().items()}
     missing, unexpected = bm.load_state_dict(state, strict=False)
     assert unexpected == [] and all(k.endswith("memory.W_p") for k in missing)

@@ -234,12 +234,12 @@ def test_unknown_model_or_task_names_choices(tmp_path):
 def test_demo_training_is_idempotent(tmp_path, monkeypatch):
     from interp import demo_train
 
-    for model in ("transformer", "mamba"):
+    for model in list(demo_train.DEMO_SETTINGS):
         small = dict(demo_train.DEMO_SETTINGS[model], task_config=TINY_AR, d_model=16, n_layers=1, steps=4,
                      eval_every=2, eval_size=16, stop_at_acc=None)
         monkeypatch.setitem(demo_train.DEMO_SETTINGS, model, small)
     first = demo_train.train_demo_models(out_dir=tmp_path, progress=False)
-    assert set(first) == {"transformer", "mamba"}
+    assert set(first) == {"transformer", "mamba", "bmojo"}
     for name, (path, acc) in first.items():
         assert path == tmp_path / f"demo-{name}-ar" / "final" and 0.0 <= acc <= 1.0
     stamp = (first["mamba"][0] / "model.safetensors").stat().st_mtime_ns
