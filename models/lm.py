@@ -57,7 +57,10 @@ class LanguageModel(HookedModel):
         return self.hook_embed(self.embed(tokens))
 
     def unembed_resid(self, resid: Tensor) -> Tensor:
-        x = self.ln_final(resid)
+        return self.unembed_normed(self.ln_final(resid))
+
+    def unembed_normed(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+        """Logits of final-normed residuals (tied or untied unembedding)."""
         return x @ self.embed.weight.T if self.unembed is None else self.unembed(x)
 
     def forward(
@@ -65,19 +68,29 @@ class LanguageModel(HookedModel):
         tokens: Int[Tensor, "batch pos"],
         return_type: str | None = "logits",
         loss_mask: Tensor | None = None,
-    ) -> Float[Tensor, "batch pos vocab"] | Tensor | None:
+    ) -> Float[Tensor, "batch pos vocab"] | Tensor | tuple | None:
         """``return_type``: "logits" (default), "loss" (mean next-token CE, over
-        ``loss_mask`` positions when given), "both" ((logits, loss)) or None."""
-        if return_type not in ("logits", "loss", "both", None):
-            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        ``loss_mask`` positions when given), "both" ((logits, loss)), "answers"
+        ((logits [n_supervised, vocab], targets [n_supervised]) only where ``loss_mask[:, t]``
+        is set: what training on answers needs, without the [batch, pos, vocab] tensor
+        that dominates a step when the vocabulary is large) or None."""
+        if return_type not in ("logits", "loss", "both", "answers", None):
+            raise ValueError(
+                f"return_type must be 'logits', 'loss', 'both', 'answers' or None, got {return_type!r}")
         tokens = self.check_tokens(tokens)
-        resid = self.embed_tokens(tokens)
-        resid = self.run_blocks(resid)
+        if loss_mask is not None and loss_mask.shape != tokens.shape:
+            raise ValueError(f"loss_mask shape {tuple(loss_mask.shape)} != tokens shape {tuple(tokens.shape)}")
+        if return_type == "answers" and loss_mask is None:
+            raise ValueError("return_type='answers' needs a loss_mask saying which positions are answers")
+        resid = self.run_blocks(self.embed_tokens(tokens))
+        if return_type is None:
+            return None
+        if return_type == "answers":
+            rows = loss_mask[:, :-1].bool()
+            return self.unembed_normed(self.ln_final(resid)[:, :-1][rows]), tokens[:, 1:][rows]
         logits = self.unembed_resid(resid)
         if return_type == "logits":
             return logits
-        if return_type is None:
-            return None
         loss = next_token_loss(logits, tokens, loss_mask)
         return loss if return_type == "loss" else (logits, loss)
 

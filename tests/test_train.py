@@ -250,3 +250,25 @@ def test_demo_training_is_idempotent(tmp_path, monkeypatch):
     again = demo_train.train_demo_models(out_dir=tmp_path, progress=False)
     cfg = json.loads((tmp_path / "demo-mamba-ar" / "train_config.json").read_text())
     assert cfg["lr"] == 5e-3 and again["mamba"][0].is_dir()
+
+
+@pytest.mark.parametrize("model_name", ["transformer", "mamba", "bmojo"])
+def test_answer_logits_equal_full_logits_at_answers(model_name):
+    """return_type='answers' (what the trainer uses) = the full logits at the answers,
+    and its cross-entropy = the masked loss, gradients included."""
+    task = build_task("ar", TINY_AR)
+    batch = task.sample(8, seed=3)
+    model = registry.build_model(model_name, vocab_size=task.vocab_size, d_model=32, n_layers=1)
+    logits, loss = model(batch.tokens, return_type="both", loss_mask=batch.loss_mask)
+    answer_logits, target = model(batch.tokens, return_type="answers", loss_mask=batch.loss_mask)
+    rows = batch.loss_mask[:, :-1].bool()
+    assert answer_logits.shape == (int(rows.sum()), task.vocab_size)
+    torch.testing.assert_close(answer_logits, logits[:, :-1][rows], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(target, batch.tokens[:, 1:][rows])
+    answer_loss = torch.nn.functional.cross_entropy(answer_logits, target)
+    torch.testing.assert_close(answer_loss, loss, rtol=1e-6, atol=1e-6)
+    (g_full,) = torch.autograd.grad(loss, model.embed.weight)
+    (g_answers,) = torch.autograd.grad(answer_loss, model.embed.weight)
+    torch.testing.assert_close(g_answers, g_full, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="needs a loss_mask"):
+        model(batch.tokens, return_type="answers")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
@@ -154,8 +155,13 @@ class Trainer:
         tokens = batch.tokens.to(self.device, non_blocking=True)
         mask = batch.loss_mask.to(self.device, non_blocking=True)
         set_lr(self.optimizer, lr_at(step, cfg.lr, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
-        loss_mask = mask if cfg.supervise == "mask" else None
-        logits, loss = self.model(tokens, return_type="both", loss_mask=loss_mask)
+        if cfg.supervise == "mask":  # logits only at the answers: cheap with a large vocabulary
+            answer_logits, target = self.model(tokens, return_type="answers", loss_mask=mask)
+            loss = F.cross_entropy(answer_logits.float(), target)
+            hits = (answer_logits.detach().argmax(-1) == target).sum()
+        else:
+            logits, loss = self.model(tokens, return_type="both", loss_mask=None)
+            hits = answer_hits(logits.detach(), tokens, mask).sum()
         aux = auxiliary_losses(self.model)
         total = loss + cfg.aux_loss_weight * sum(aux.values()) if aux else loss
         self.optimizer.zero_grad(set_to_none=True)
@@ -165,8 +171,7 @@ class Trainer:
             out["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).detach()
         self.optimizer.step()
         with torch.no_grad():
-            hit = answer_hits(logits.detach(), tokens, mask)
-            out["hits"] = hit.sum().float()
+            out["hits"] = hits.float()
             out["answers"] = mask[:, :-1].sum().float()
         for name, value in aux.items():
             out[f"aux/{name}"] = value.detach().float()
