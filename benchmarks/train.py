@@ -1,11 +1,15 @@
 """Training benchmarks of issue 5; prints markdown tables (and writes JSON with --json).
 
     python benchmarks/train.py --cpu          # demo setting on the CPU: Transformer >= 99%, Mamba >= 90% in 5 min
-    python benchmarks/train.py --gpu-arora    # Arora et al. AR on CUDA: accuracy and tokens/s (~6 min on an H100)
-    python benchmarks/train.py --overhead     # hook points vs nn.Identity: ms per training step
+    python benchmarks/train.py --gpu-arora    # Arora et al. AR on CUDA: accuracy (--max-time s per model)
+    python benchmarks/train.py --gpu-speed    # ... training-step time and tokens/s of each model alone
+    python benchmarks/train.py --gpu-overhead # hook points vs nn.Identity on CUDA: ms per training step
+    python benchmarks/train.py --overhead     # the same on the CPU
 
-With no flag, ``--cpu --overhead`` run. ``--gpu-arora`` also measures the overhead on
-the GPU. Every run trains from scratch into a temporary directory (``--out-dir`` keeps them).
+With no flag, ``--cpu --overhead`` run. ``--models`` and ``--lr`` pick GPU rows (several
+learning rates can train side by side as separate processes; their tokens/s then share
+the device, which is why ``--gpu-speed`` measures each model alone).
+Every run trains from scratch into a temporary directory (``--out-dir`` keeps them).
 """
 
 from __future__ import annotations
@@ -100,15 +104,63 @@ def run_cpu(out_dir: Path, threads: int) -> list[dict]:
     return rows
 
 
-def run_gpu_arora(out_dir: Path, max_time_s: float, backend: str) -> list[dict]:
+def seconds_per_step(config: TrainConfig, probe_steps: int = 60, warmup: int = 10) -> float:
+    """Measured seconds of one training step of ``config`` here (after warm-up: kernel
+    compiles, allocator), from a throwaway run."""
+    trainer = Trainer(config.replace(name=config.name + "-calibrate", overwrite=True))
+    for step in range(warmup):
+        trainer.train_step(step)
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for step in range(warmup, probe_steps):
+        trainer.train_step(step)
+    sync()
+    return (time.perf_counter() - start) / (probe_steps - warmup)
+
+
+def steps_for_budget(config: TrainConfig, budget_s: float) -> tuple[int, float]:
+    """Steps that fit ``budget_s`` seconds of training, so the cosine schedule ends when the
+    budget does (a time cut-off in mid-schedule would leave the learning rate high).
+    10% of the budget is kept for evaluations and checkpoints."""
+    step_s = seconds_per_step(config)
+    return max(int(0.9 * budget_s / step_s), config.warmup_steps + 1), step_s
+
+
+def arora_config(model: str, out_dir: Path, max_time_s: float, backend: str, lr: float | None) -> TrainConfig:
+    cfg = TrainConfig(**ARORA_SETTINGS[model], name=f"arora-{model}", out_dir=str(out_dir),
+                      max_time_s=max_time_s, progress=False)
+    if lr is not None:
+        cfg = cfg.replace(lr=lr, name=f"arora-{model}-lr{lr:g}")
+    if model == "mamba":
+        cfg = cfg.replace(model_config={**cfg.model_config, "scan_backend": backend})
+    return cfg
+
+
+def run_gpu_speed(out_dir: Path, backend: str, models: list[str]) -> list[dict]:
+    """Training-step time and tokens/s of each Arora model alone on the device."""
     rows = []
-    for model, target in ARORA_TARGETS.items():
-        cfg = TrainConfig(**ARORA_SETTINGS[model], name=f"arora-{model}", out_dir=str(out_dir),
-                          max_time_s=max_time_s, progress=False)
-        if model == "mamba":
-            cfg = cfg.replace(model_config={**cfg.model_config, "scan_backend": backend})
-        row = train_row(cfg, target)
+    for model in models:
+        cfg = arora_config(model, out_dir, 60.0, backend, None)
+        step_s = seconds_per_step(cfg, probe_steps=210)
+        tokens = cfg.batch_size * build_task(cfg.task, cfg.task_config).sample(1, seed=0).seq_len
+        rows.append({"model": model, "scan": backend if model == "mamba" else "-", "batch": cfg.batch_size,
+                     "ms_per_step": round(step_s * 1e3, 3), "tokens_per_s": round(tokens / step_s)})
+    return rows
+
+
+def run_gpu_arora(out_dir: Path, max_time_s: float, backend: str, models: list[str],
+                  lr: float | None = None) -> list[dict]:
+    rows = []
+    for model in models:
+        target = ARORA_TARGETS[model]
+        cfg = arora_config(model, out_dir, max_time_s, backend, lr)
+        steps, step_s = steps_for_budget(cfg, max_time_s)
+        print(f"{model}: {step_s * 1e3:.2f} ms per step here -> {steps} steps in {max_time_s:.0f} s", flush=True)
+        row = train_row(cfg.replace(steps=steps), target)
         row["scan"] = backend if model == "mamba" else "-"
+        row["lr"] = cfg.lr
+        row["ms_per_step"] = round(step_s * 1e3, 2)
         rows.append(row)
     return rows
 
@@ -179,47 +231,68 @@ def run_overhead(device: str, task_config: dict, batch_size: int, steps: int, re
 
 
 # -- main ------------------------------------------------------------------------------------------
+def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    print(f"## {title}\n\n{markdown(rows, columns)}\n", flush=True)
+
+
+def cuda_backend() -> str:
+    if not torch.cuda.is_available():
+        raise SystemExit("--gpu-arora / --gpu-speed / --gpu-overhead need a CUDA device")
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls, as any GPU training run would use
+    return scan_backend_on_cuda()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu", action="store_true", help="CPU targets on the demo AR setting")
-    p.add_argument("--gpu-arora", action="store_true", help="Arora et al. AR setting on CUDA")
-    p.add_argument("--overhead", action="store_true", help="hook-point overhead of a training step")
+    p.add_argument("--gpu-arora", action="store_true", help="train on the Arora et al. AR setting on CUDA")
+    p.add_argument("--gpu-speed", action="store_true", help="training-step time and tokens/s on CUDA, alone")
+    p.add_argument("--gpu-overhead", action="store_true", help="hook-point overhead of a training step on CUDA")
+    p.add_argument("--overhead", action="store_true", help="hook-point overhead of a training step on the CPU")
+    p.add_argument("--models", default=",".join(ARORA_TARGETS), help="models for the GPU rows (comma list)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate for --gpu-arora (default per model)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for --cpu (default 1)")
     p.add_argument("--max-time", type=float, default=140.0, help="training seconds per model for --gpu-arora")
     p.add_argument("--out-dir", type=Path, default=None, help="keep the runs here (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="also write all rows to this JSON file")
     args = p.parse_args(argv)
-    if not (args.cpu or args.gpu_arora or args.overhead):
+    if not (args.cpu or args.gpu_arora or args.gpu_speed or args.gpu_overhead or args.overhead):
         args.cpu = args.overhead = True
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(models) - set(ARORA_TARGETS))
+    if unknown:
+        p.error(f"unknown model(s) {unknown}; choose from {sorted(ARORA_TARGETS)}")
 
     results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = args.out_dir or Path(tmp)
         if args.cpu:
-            print(f"## CPU targets (AR {DEMO_TASK}, d_model 64, 2 layers; torch threads {args.threads})\n", flush=True)
             results["cpu"] = run_cpu(out_dir, args.threads)
-            print(markdown(results["cpu"], ["model", "steps", "stop", "wall_s", "step_at_target", "s_at_target",
-                                            "acc", "target", "tokens_per_s", "pass"]) + "\n", flush=True)
-        if args.gpu_arora:
-            if not torch.cuda.is_available():
-                raise SystemExit("--gpu-arora needs a CUDA device")
-            torch.set_float32_matmul_precision("high")  # TF32 matmuls, as any GPU training run would use
-            backend = scan_backend_on_cuda()
-            print(f"## GPU, Arora et al. AR {ARORA_TASK}, d_model 64, 2 layers "
-                  f"({torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA'})\n", flush=True)
-            results["gpu_arora"] = run_gpu_arora(out_dir, args.max_time, backend)
-            print(markdown(results["gpu_arora"], ["model", "scan", "steps", "stop", "train_s", "step_at_target",
-                                                  "s_at_target", "acc", "target", "tokens_per_s", "pass"]) + "\n",
-                  flush=True)
-            results["gpu_overhead"] = run_overhead("cuda", ARORA_TASK, 256, steps=30, repeats=6,
-                                                   scan_backend=backend)
-            print(markdown(results["gpu_overhead"], ["device", "model", "hook_points", "batch", "hooked_ms",
-                                                     "bare_ms", "overhead_pct"]) + "\n", flush=True)
+            print_table(f"CPU targets (AR {DEMO_TASK}, d_model 64, 2 layers; torch threads {args.threads})",
+                        results["cpu"], ["model", "steps", "stop", "wall_s", "step_at_target", "s_at_target",
+                                         "acc", "target", "tokens_per_s", "pass"])
+        if args.gpu_arora or args.gpu_speed or args.gpu_overhead:
+            backend = cuda_backend()
+            where = f"Arora et al. AR {ARORA_TASK}, d_model 64, 2 layers, {torch.cuda.get_device_name()}"
+            if args.gpu_speed:
+                results["gpu_speed"] = run_gpu_speed(out_dir, backend, models)
+                print_table(f"GPU training step alone, {where}", results["gpu_speed"],
+                            ["model", "scan", "batch", "ms_per_step", "tokens_per_s"])
+            if args.gpu_arora:
+                results["gpu_arora"] = run_gpu_arora(out_dir, args.max_time, backend, models, args.lr)
+                print_table(f"GPU training, {where}", results["gpu_arora"],
+                            ["model", "scan", "lr", "ms_per_step", "steps", "stop", "train_s", "step_at_target",
+                             "s_at_target", "acc", "target", "tokens_per_s", "pass"])
+            if args.gpu_overhead:
+                results["gpu_overhead"] = run_overhead("cuda", ARORA_TASK, 256, steps=30, repeats=6,
+                                                       scan_backend=backend)
+                print_table(f"GPU hook-point overhead, {where}", results["gpu_overhead"],
+                            ["device", "model", "hook_points", "batch", "hooked_ms", "bare_ms", "overhead_pct"])
         if args.overhead:
             torch.set_num_threads(args.threads)
             results["cpu_overhead"] = run_overhead("cpu", DEMO_TASK, 32, steps=20, repeats=8)
-            print(markdown(results["cpu_overhead"], ["device", "model", "hook_points", "batch", "hooked_ms",
-                                                     "bare_ms", "overhead_pct"]) + "\n", flush=True)
+            print_table("CPU hook-point overhead", results["cpu_overhead"],
+                        ["device", "model", "hook_points", "batch", "hooked_ms", "bare_ms", "overhead_pct"])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0
