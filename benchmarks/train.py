@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from interp.demo_train import DEMO_TASK, demo_config  # noqa: E402
@@ -127,11 +128,15 @@ def steps_for_budget(config: TrainConfig, budget_s: float) -> tuple[int, float]:
     return max(int(0.9 * budget_s / step_s), config.warmup_steps + 1), step_s
 
 
-def arora_config(model: str, out_dir: Path, max_time_s: float, backend: str, lr: float | None) -> TrainConfig:
+def arora_config(model: str, out_dir: Path, max_time_s: float, backend: str, lr: float | None,
+                 model_args: dict | None = None) -> TrainConfig:
     cfg = TrainConfig(**ARORA_SETTINGS[model], name=f"arora-{model}", out_dir=str(out_dir),
                       max_time_s=max_time_s, progress=False)
     if lr is not None:
-        cfg = cfg.replace(lr=lr, name=f"arora-{model}-lr{lr:g}")
+        cfg = cfg.replace(lr=lr, name=f"{cfg.name}-lr{lr:g}")
+    if model_args:
+        tag = "-".join(f"{k}{v}" for k, v in model_args.items())
+        cfg = cfg.replace(model_config={**cfg.model_config, **model_args}, name=f"{cfg.name}-{tag}")
     if model == "mamba":
         cfg = cfg.replace(model_config={**cfg.model_config, "scan_backend": backend})
     return cfg
@@ -150,16 +155,17 @@ def run_gpu_speed(out_dir: Path, backend: str, models: list[str]) -> list[dict]:
 
 
 def run_gpu_arora(out_dir: Path, max_time_s: float, backend: str, models: list[str],
-                  lr: float | None = None) -> list[dict]:
+                  lr: float | None = None, model_args: dict | None = None) -> list[dict]:
     rows = []
     for model in models:
         target = ARORA_TARGETS[model]
-        cfg = arora_config(model, out_dir, max_time_s, backend, lr)
+        cfg = arora_config(model, out_dir, max_time_s, backend, lr, model_args)
         steps, step_s = steps_for_budget(cfg, max_time_s)
         print(f"{model}: {step_s * 1e3:.2f} ms per step here -> {steps} steps in {max_time_s:.0f} s", flush=True)
         row = train_row(cfg.replace(steps=steps), target)
         row["scan"] = backend if model == "mamba" else "-"
         row["lr"] = cfg.lr
+        row["model_args"] = model_args or {}
         row["ms_per_step"] = round(step_s * 1e3, 2)
         rows.append(row)
     return rows
@@ -251,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overhead", action="store_true", help="hook-point overhead of a training step on the CPU")
     p.add_argument("--models", default=",".join(ARORA_TARGETS), help="models for the GPU rows (comma list)")
     p.add_argument("--lr", type=float, default=None, help="learning rate for --gpu-arora (default per model)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="FIELD=VALUE",
+                   help="model config override for --gpu-arora, e.g. n_heads=1 (repeatable)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for --cpu (default 1)")
     p.add_argument("--max-time", type=float, default=140.0, help="training seconds per model for --gpu-arora")
     p.add_argument("--out-dir", type=Path, default=None, help="keep the runs here (default: a temp dir)")
@@ -262,6 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(models) - set(ARORA_TARGETS))
     if unknown:
         p.error(f"unknown model(s) {unknown}; choose from {sorted(ARORA_TARGETS)}")
+
+    model_args = {}
+    for item in args.model_arg:
+        field, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--model-arg takes FIELD=VALUE, got {item!r}")
+        model_args[field.strip()] = yaml.safe_load(value)
 
     results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -279,9 +294,9 @@ def main(argv: list[str] | None = None) -> int:
                 print_table(f"GPU training step alone, {where}", results["gpu_speed"],
                             ["model", "scan", "batch", "ms_per_step", "tokens_per_s"])
             if args.gpu_arora:
-                results["gpu_arora"] = run_gpu_arora(out_dir, args.max_time, backend, models, args.lr)
+                results["gpu_arora"] = run_gpu_arora(out_dir, args.max_time, backend, models, args.lr, model_args)
                 print_table(f"GPU training, {where}", results["gpu_arora"],
-                            ["model", "scan", "lr", "ms_per_step", "steps", "stop", "train_s", "step_at_target",
+                            ["model", "scan", "lr", "model_args", "ms_per_step", "steps", "stop", "train_s", "step_at_target",
                              "s_at_target", "acc", "target", "tokens_per_s", "pass"])
             if args.gpu_overhead:
                 results["gpu_overhead"] = run_overhead("cuda", ARORA_TASK, 256, steps=30, repeats=6,
