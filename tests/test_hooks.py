@@ -6,7 +6,7 @@ import torch
 from nnsight import NNsight
 
 from interp.hook_names import UnknownHookError, dims_for
-from interp.hooks import HookShapeError
+from interp.hooks import HookPoint, HookShapeError
 from models import BMojo, Mamba, MoEMamba, Transformer
 
 B, P, V = 2, 11, 40
@@ -185,3 +185,26 @@ def test_bad_tokens_are_named():
         model(torch.zeros(2, 3, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="n_ctx"):
         Transformer(vocab_size=V, d_model=16, n_layers=1, n_heads=2, n_ctx=4)(torch.zeros(1, 5, dtype=torch.long))
+
+
+def test_global_torch_hooks_still_see_hook_points():
+    """An unhooked HookPoint skips nn.Module's dispatch, but not when torch has global
+    module hooks: those must keep seeing (and editing) every hook point."""
+    model = MODELS["mamba"]
+    tokens = torch.randint(0, V, (1, 6))
+    seen = []
+
+    def record(module, args, output):
+        if isinstance(module, HookPoint):  # only hook points: the model's own modules pass
+            seen.append(module.name)
+            return output * 0 if module.name == "blocks.0.hook_resid_post" else output
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        edited = model(tokens)
+    finally:
+        handle.remove()
+    assert "blocks.0.mixer.hook_delta" in seen and "blocks.1.hook_resid_post" in seen
+    expected = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: x * 0)])
+    torch.testing.assert_close(edited, expected)
+    assert not torch.allclose(model(tokens), expected)
