@@ -7,16 +7,18 @@ same temporary directory, alternating the two ``--repeats`` times; medians are
 reported. Two clocks:
 
 - buffered: until the write calls return (data in the OS page cache). Raw ``np.save``
-  of a 20 MB array is one ``write()`` of memory the kernel copies at memcpy speed, so
-  this mostly measures per-file and per-copy CPU cost;
+  of a 20 MB array is one ``fallocate`` and one ``write()`` of memory the kernel
+  copies at memcpy speed, so this mostly measures per-file and per-copy CPU cost;
 - durable: until every file written has been ``fsync``-ed (the bytes are on the disk).
 
 Each is given as wall-clock throughput and as throughput per CPU second of this
 process (all its threads, user + system): on a shared machine whose cores are busy
 the wall clock mostly measures the neighbours, the CPU cost does not.
 
-Further rows vary the store alone: streaming through ``append`` (4 examples a call),
-chunk size, and compression codecs. Run: ``python benchmarks/store.py``.
+Further rows vary the store alone: the old 4 MiB chunk size, streaming through
+``append`` (4 examples a call), and compression codecs. One warm-up round of each
+variant is not counted (first-touch page faults of the process). Run:
+``python benchmarks/store.py``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 import torch
 
 from interp.store import create_run
+from interp.store.encoding import CHUNK_BYTES
 
 
 def make_cache(mb: float, hooks: int) -> dict[str, torch.Tensor]:
@@ -93,12 +96,22 @@ def timed(fn: Callable[[Path], None], out: Path) -> tuple[float, float, int]:
 
 
 def compare(cache, tmp: Path, repeats: int, durable: bool, **store_kw) -> dict[str, float]:
-    """Medians over ``repeats`` alternated rounds: raw/store wall and CPU seconds, store size."""
+    """Medians over ``repeats`` rounds (after one warm-up round), each writing raw and
+    store once, which one first alternating: raw/store wall and CPU seconds, store size."""
     rounds = []
-    for _ in range(repeats):
-        raw = timed(lambda p: write_raw(cache, p, durable), tmp / "raw")
-        store = timed(lambda p: write_store(cache, p, durable, **store_kw), tmp / "store")
-        rounds.append((*raw[:2], *store))
+    for i in range(repeats + 1):
+        def raw() -> tuple[float, float, int]:
+            return timed(lambda p: write_raw(cache, p, durable), tmp / "raw")
+
+        def store() -> tuple[float, float, int]:
+            return timed(lambda p: write_store(cache, p, durable, **store_kw), tmp / "store")
+
+        if i % 2:
+            s, r = store(), raw()
+        else:
+            r, s = raw(), store()
+        if i:
+            rounds.append((*r[:2], *s))
     med = [statistics.median(col) for col in zip(*rounds)]
     return dict(zip(("raw_wall", "raw_cpu", "store_wall", "store_cpu", "size"), med))
 
@@ -115,11 +128,13 @@ def main() -> None:
     nbytes = sum(t.numel() * t.element_size() for t in cache.values())
     shape = list(next(iter(cache.values())).shape)
     few = max(1, args.repeats // 2)
+    default_mib = CHUNK_BYTES / 2**20
     variants = [
-        ("write_cache, defaults (raw floats, 4 MiB chunks)", "buffered", {}, args.repeats),
-        ("write_cache, defaults (raw floats, 4 MiB chunks)", "durable", {}, args.repeats),
+        (f"write_cache, defaults (raw floats, {default_mib:g} MiB chunks)", "buffered", {}, args.repeats),
+        (f"write_cache, defaults (raw floats, {default_mib:g} MiB chunks)", "durable", {}, args.repeats),
+        ("write_cache, 4 MiB chunks (the old default)", "buffered", {"chunk_bytes": 4 * 2**20}, args.repeats),
+        ("write_cache, 4 MiB chunks (the old default)", "durable", {"chunk_bytes": 4 * 2**20}, few),
         ("append, 4 examples per call", "buffered", {"stream": True}, args.repeats),
-        ("write_cache, 1 MiB chunks", "buffered", {"chunk_bytes": 2**20}, few),
         ("write_cache, zstd level 1", "buffered", {"compression": "zstd"}, few),
         ("write_cache, blosc lz4 + shuffle", "buffered", {"compression": "lz4"}, few),
     ]

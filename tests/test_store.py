@@ -165,15 +165,16 @@ def test_append_writes_whole_chunks_and_flushes_remainder(tmp_path, monkeypatch)
     monkeypatch.setattr(LocalStore, "set", spy_set)
     monkeypatch.setattr(LocalStore, "get", spy_get)
     full = torch.randn(23, 3, 4)
-    with create_run(tmp_path / "r", {}, chunk_bytes=5 * 3 * 4 * 4) as w:  # 5 rows per chunk
+    with create_run(tmp_path / "r", {}, chunk_bytes=5 * 3 * 4 * 4) as w:  # at most 5 rows a chunk
         for lo, hi in [(0, 2), (2, 3), (3, 11), (11, 12), (12, 23)]:
             w.append("blocks.0.hook_resid_post", full[lo:hi])
-    # Each chunk was put exactly once, whole (the last one cut by the end), never read back.
+    # Chunks of 4 rows (in step with the first block of 2). Each chunk was put exactly
+    # once, whole (the last one padded), never read back.
     prefix = "cache/blocks.0.hook_resid_post/c."
-    assert sorted(k for k in sets if k.startswith(prefix)) == [f"{prefix}{i}.0.0" for i in range(5)]
+    assert sorted(k for k in sets if k.startswith(prefix)) == [f"{prefix}{i}.0.0" for i in range(6)]
     assert not [k for k in gets if k.startswith(prefix)]
     lazy = open_run(tmp_path / "r").cache["blocks.0.hook_resid_post"]
-    assert lazy.shape == (23, 3, 4) and lazy.chunks[0] == 5
+    assert lazy.shape == (23, 3, 4) and lazy.chunks[0] == 4
     assert torch.equal(lazy.load(), full)
 
 
@@ -183,15 +184,55 @@ def test_append_random_pieces_from_a_reused_caller_buffer(tmp_path, seed):
     total = torch.randn(50, 3, generator=g)
     bounds = [0, *sorted(torch.randint(0, 51, (8,), generator=g).tolist()), 50]  # empty pieces too
     scratch = torch.empty(50, 3)
-    with create_run(tmp_path / "r", {}, chunk_bytes=7 * 3 * 4) as w:  # 7 rows per chunk
+    with create_run(tmp_path / "r", {}, chunk_bytes=7 * 3 * 4) as w:  # at most 7 rows a chunk
         for lo, hi in zip(bounds, bounds[1:]):
             piece = scratch[: hi - lo]
             piece.copy_(total[lo:hi])
             w.append("probe.features", piece, dims=("batch", "feature"))
             scratch.fill_(float("nan"))  # the caller reuses its buffer at once
     got = open_run(tmp_path / "r").cache["probe.features"]
-    assert got.dims == ("batch", "feature") and got.chunks == (7, 3)
+    assert got.dims == ("batch", "feature") and got.chunks[1:] == (3,) and 1 <= got.chunks[0] <= 7
     assert torch.equal(got.load(), total)
+
+
+@pytest.mark.parametrize(("trailing", "first", "target", "rows"), [
+    ((3, 4), 2, 5 * 48, 4),        # a multiple of the first block
+    ((3, 4), 5, 5 * 48, 5),
+    ((3, 4), 0, 5 * 48, 5),        # an empty first block: as many rows as fit
+    ((3, 4), 12, 5 * 48, 4),       # a block larger than a chunk: a divisor of it
+    ((3, 4), 7, 5 * 48, 5),        # ... unless the divisors are all small
+    ((256, 610), 4, 4 * 2**20, 4),
+])
+def test_stream_chunks_follow_the_first_block(trailing, first, target, rows):
+    from interp.store.encoding import stream_chunks
+
+    assert stream_chunks(trailing, 4, first, target) == (rows, *trailing)
+
+
+def test_equal_blocks_stream_without_copies_and_pad_the_last_chunk(tmp_path, monkeypatch):
+    from interp.store import appender
+
+    copies = []
+    real_add = appender.Appender.add
+
+    def add(self, data):
+        before = self._filled
+        jobs = real_add(self, data)
+        copies.append(self._filled != before or any(d is self._buffer for _, d, _ in jobs))
+        return jobs
+
+    monkeypatch.setattr(appender.Appender, "add", add)
+    x = torch.randn(26, 5, 2)
+    with create_run(tmp_path / "r", {}, chunk_bytes=4 * 10 * 4) as w:  # at most 4 rows a chunk
+        for lo in range(0, 24, 3):
+            w.append("blocks.0.hook_resid_pre", x[lo : lo + 3])  # chunks of 3: one per block
+        w.append("blocks.0.hook_resid_pre", x[24:])  # 2 rows: buffered, padded at finish
+    assert copies == [False] * 8 + [True]
+    stored = zarr.open_array(str(tmp_path / "r/cache/blocks.0.hook_resid_pre"), mode="r")
+    assert stored.chunks == (3, 5, 2) and stored.shape == (26, 5, 2)
+    last = np.frombuffer((tmp_path / "r/cache/blocks.0.hook_resid_pre/c.8.0.0").read_bytes(), "<f4")
+    assert last.size == 3 * 10 and not last[2 * 10 :].any()  # the row past the end: fill value (0)
+    assert torch.equal(open_run(tmp_path / "r").cache["blocks.0.hook_resid_pre"].load(), x)
 
 
 def test_exception_leaves_incomplete_run_with_what_was_written(tmp_path):
@@ -255,22 +296,25 @@ import interp.store.writer as writer
 from interp.store import create_run
 w = create_run(sys.argv[1], {}, chunk_bytes=4 * 16 * 4)  # 4 rows per chunk
 w.append("hook_embed", torch.zeros(4, 1, 16))  # rows 0..3: committed
-real = writer.write_many
-def dies(jobs, pool):  # the array is already resized to 12 rows here
+real = writer.write_jobs
+async def dies(jobs, gate=None):  # the array is grown to 12 rows, in memory only
     (array, data, row0), = jobs
-    real([(array, data[:4], row0)], pool)  # one of the two new chunks reaches the store,
-    os.kill(os.getpid(), signal.SIGKILL)  # then death: before chunk 2 and ssmlens_rows
-writer.write_many = dies
+    await real([(array, data[:4], row0)])  # one of the two new chunks reaches the store,
+    os.kill(os.getpid(), signal.SIGKILL)  # then death: before chunk 2 and the metadata
+writer.write_jobs = dies
 w.append("hook_embed", torch.ones(8, 1, 16))
 """
 
 
-def test_kill_between_resize_and_commit_shows_only_committed_rows(tmp_path):
+def test_kill_between_chunks_and_commit_shows_only_committed_rows(tmp_path):
     path = tmp_path / "killed"
     proc = subprocess.run([sys.executable, "-c", KILLED_MID_CHUNK, str(path)], cwd=REPO,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == -signal.SIGKILL
-    assert zarr.open_array(str(path / "cache/hook_embed"), mode="r").shape == (12, 1, 16)
+    assert (path / "cache/hook_embed/c.1.0.0").exists()  # the chunk past the end was written,
+    stored = zarr.open_array(str(path / "cache/hook_embed"), mode="r")
+    assert stored.shape == (4, 1, 16)  # but even plain zarr sees only the committed rows
+    assert stored.attrs["ssmlens_rows"] == 4
     run = open_run(path, require_complete=False)
     assert run.cache["hook_embed"].shape == (4, 1, 16)  # not the fill values of rows 8..11
     assert torch.equal(run.cache["hook_embed"].load(), torch.zeros(4, 1, 16))
@@ -416,3 +460,123 @@ def test_writer_lifecycle_errors(tmp_path):
     assert json.loads((tmp_path / "r/zarr.json").read_text())["attributes"]["ssmlens_complete"] is True
     with pytest.raises(RunClosedError):
         w.set_metrics(x=1)
+
+
+def test_failed_chunk_write_leaves_run_incomplete_and_readable(tmp_path, monkeypatch):
+    """One chunk write fails while the others are in flight: write_cache raises once
+    every write ended, arrays stored whole are readable, the failed one is absent (no
+    metadata names its chunks), the run reads as incomplete, and listing says nothing."""
+    import warnings
+
+    from interp.store.localfs import ReservingLocalStore
+
+    real_set = ReservingLocalStore._set
+    started = []
+
+    async def flaky_set(self, key, value, exclusive=False):
+        started.append(key)
+        if key == "cache/blocks.1.hook_resid_pre/c.1.0.0":
+            raise OSError(28, "No space left on device")
+        return await real_set(self, key, value, exclusive)
+
+    monkeypatch.setattr(ReservingLocalStore, "_set", flaky_set)
+    cache = {f"blocks.{i}.hook_resid_pre": torch.randn(12, 4, 8) for i in range(3)}
+    with pytest.raises(OSError, match="No space left"):
+        with create_run(tmp_path / "r", {}, chunk_bytes=4 * 4 * 8 * 4) as w:  # 4 rows a chunk
+            w.write_batch(make_batch())
+            w.write_cache(cache)
+    # The other chunks of the failed array were still attempted (nothing was left running).
+    assert {f"cache/blocks.1.hook_resid_pre/c.{i}.0.0" for i in range(3)} <= set(started)
+    with pytest.raises(IncompleteRunError, match="OSError"):
+        open_run(tmp_path / "r")
+    with warnings.catch_warnings(record=True) as caught:
+        run = open_run(tmp_path / "r", require_complete=False)
+        assert set(run.cache) == {"blocks.0.hook_resid_pre", "blocks.2.hook_resid_pre"}
+        for name in run.cache:
+            assert torch.equal(run.cache[name].load(), cache[name])
+        assert [r.status for r in list_runs(tmp_path)] == ["incomplete"]
+    assert not [str(c.message) for c in caught if issubclass(c.category, UserWarning)]
+    assert (tmp_path / "r/cache/blocks.1.hook_resid_pre/c.0.0.0").exists()  # orphaned, unnamed
+
+
+KILLED_IN_WRITE_CACHE = """
+import os, signal, sys, torch
+import interp.store.writer as writer
+from interp.store import create_run
+w = create_run(sys.argv[1], {}, chunk_bytes=4 * 64 * 4)  # 4 rows per chunk
+w.write_cache({"hook_embed": torch.ones(8, 64)})
+real, calls = writer.write_jobs, []
+async def dies(jobs, gate=None):
+    calls.append(jobs)
+    if len(calls) == 2:  # the second array's first chunk reaches the store, then death
+        (array, data, row0), = jobs
+        await real([(array, data[:4], row0)])
+        os.kill(os.getpid(), signal.SIGKILL)
+    await real(jobs, gate)
+writer.write_jobs = dies
+w.write_cache({"blocks.0.hook_resid_pre": torch.zeros(8, 64), "blocks.1.hook_resid_pre": torch.zeros(8, 64)})
+"""
+
+
+def test_sigkill_inside_write_cache_never_shows_a_partial_array(tmp_path):
+    path = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", KILLED_IN_WRITE_CACHE, str(path)], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == -signal.SIGKILL
+    with pytest.raises(IncompleteRunError):
+        open_run(path)
+    run = open_run(path, require_complete=False)
+    assert "hook_embed" in run.cache and torch.equal(run.cache["hook_embed"].load(), torch.ones(8, 64))
+    for name in set(run.cache) - {"hook_embed"}:  # whatever else shows is whole
+        assert torch.equal(run.cache[name].load(), torch.zeros(8, 64))
+    assert len(run.cache) < 3  # the array being written when the writer died is not listed
+
+
+def test_store_code_on_a_memory_url_chunks_pads_and_fails_the_same(monkeypatch):
+    """The fsspec path runs the same writer: multi-chunk and edge-chunk writes, streamed
+    rows with a padded last chunk, and a failed write leaving an incomplete run."""
+    url = mem_url()
+    x = torch.randn(11, 3, 5)  # 4-row chunks: an edge chunk of 3 rows
+    with create_run(url, {}, chunk_bytes=4 * 3 * 5 * 4) as w:
+        w.write_cache({"hook_embed": x, "blocks.0.moe.hook_expert": torch.randint(0, 9, (11, 3))})
+        for lo in range(0, 11, 3):  # 3-row chunks, the last one padded
+            w.append("blocks.0.hook_resid_post", x[lo : lo + 3])
+    run = open_run(url)
+    assert torch.equal(run.cache["hook_embed"].load(), x)
+    assert run.cache["hook_embed"].chunks == (4, 3, 5)
+    assert torch.equal(run.cache["blocks.0.hook_resid_post"].load(), x)
+    assert run.cache["blocks.0.hook_resid_post"].chunks == (3, 3, 5)
+    experts = run.cache["blocks.0.moe.hook_expert"]
+    assert torch.equal(experts[3:7], experts.load()[3:7]) and experts.shape == (11, 3)
+
+    from zarr.storage import FsspecStore
+
+    real_set = FsspecStore.set
+
+    async def failing(self, key, value, *args, **kwargs):
+        if "/c." in key:
+            raise OSError("the object store went away")
+        return await real_set(self, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(FsspecStore, "set", failing)
+    bad = mem_url()
+    with pytest.raises(OSError, match="went away"):
+        with create_run(bad, {}) as w:
+            w.write_cache({"hook_embed": x})
+    run = open_run(bad, require_complete=False)
+    assert not run.is_complete and "hook_embed" not in run.cache
+
+
+def test_reserving_store_writes_the_same_bytes_with_or_without_fallocate(tmp_path, monkeypatch):
+    import interp.store.localfs as localfs
+
+    x = torch.randn(64, 32, 16)  # 128 KiB: above RESERVE_FROM
+    variants = {"fallocate": localfs._FALLOCATE, "none": None, "failing": lambda *a: -1}
+    for label, fn in variants.items():
+        monkeypatch.setattr(localfs, "_FALLOCATE", fn)
+        with create_run(tmp_path / label, {}) as w:
+            w.write_cache({"hook_embed": x})
+        assert torch.equal(open_run(tmp_path / label).cache["hook_embed"].load(), x)
+        assert not list((tmp_path / label).rglob("*.partial"))  # zarr's temp files renamed away
+    chunk = "cache/hook_embed/c.0.0.0"
+    assert len({(tmp_path / label / chunk).read_bytes() for label in variants}) == 1

@@ -1,39 +1,39 @@
 """Streaming rows onto an array that grows along axis 0, one whole chunk at a time.
 
 An Appender buffers rows until whole chunks are available and hands them out as a
-write job; the writer runs the jobs of all arrays together: ``grow`` (resize every
-array), ``write_many`` (their chunks), ``commit`` (raise every ``ssmlens_rows``),
-each step one batch of concurrent requests. Rows are raised only after the data is
-on the store, so a killed writer leaves every array showing only stored rows.
+write job; the writer runs the jobs of all arrays together: ``grow`` (each array at
+its new length, in memory only), ``write_jobs`` (their chunks), ``commit`` (each
+array's metadata, written once: shape and ``ssmlens_rows`` raised together), each
+step one batch of concurrent requests on zarr's event loop. Nothing claims rows
+before their data is on the store, so a killed writer leaves every array showing
+only stored rows (chunks past its end are ignored by zarr).
 ``close()`` hands out the remainder (the array's last chunk, cut by its end); after
 it more rows would be unaligned, so it refuses them.
 """
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
-import zarr
-from zarr.core.sync import sync
+from zarr.core.array import AsyncArray
 
+from interp.store.chunked import Job, gather_all, stores_raw_bytes
 from interp.store.layout import NAME_ATTR, ROWS_ATTR
-
-Job = tuple[zarr.Array, np.ndarray, int]  # (array, rows [n, *trailing], first row)
+from interp.store.nodes import save
 
 
 class Appender:
     """Buffers rows for one array; ``add`` / ``close`` return jobs for ``grow``,
-    ``write_many`` and ``commit``.
+    ``write_jobs`` and ``commit``.
 
     Rows that do not fill a chunk wait in a chunk-sized buffer; two of them take turns
     for the array's whole life (a fresh buffer per chunk cost more in page faults than
     the copy itself). Whole chunks inside an incoming block are written from it directly.
     """
 
-    def __init__(self, array: zarr.Array) -> None:
+    def __init__(self, array: AsyncArray) -> None:
         self.array = array
         self.rows = int(array.attrs.get(ROWS_ATTR, 0))  # committed: on the store
+        self.end = self.rows  # rows handed out in jobs: the length once they are committed
         self.chunk_rows = array.chunks[0]
         self._buffer: np.ndarray | None = None  # rows [rows, rows + _filled) of the array
         self._spare: np.ndarray | None = None
@@ -70,12 +70,14 @@ class Appender:
                 return []
             jobs.append((self.array, self._buffer, row))
             row, self._filled = row + c, 0
+            self.end = row
             # That job still reads the buffer: the rest of ``data`` goes to the other one.
             self._buffer, self._spare = self._spare, self._buffer
         whole = (data.shape[0] - i) // c * c
         if whole:
             jobs.append((self.array, data[i : i + whole], row))
             i += whole
+            self.end = row + whole
         if i < data.shape[0]:  # copy the rest: the caller may reuse its block after we return
             if self._buffer is None:
                 self._buffer = np.empty((c, *data.shape[1:]), data.dtype)
@@ -84,38 +86,44 @@ class Appender:
         return jobs
 
     def close(self) -> list[Job]:
-        """The job for the buffered remainder (the array's last, cut chunk); then final."""
+        """The job for the buffered remainder (the array's last chunk, cut by its end);
+        then final.
+
+        Where chunks are stored as raw bytes the whole buffer is the job, its unused
+        rows set to the fill value: zarr stores an edge chunk at full size anyway, and
+        padding it here spares zarr a fresh chunk-sized array (page faults cost more
+        than the write on a busy machine).
+        """
         jobs = []
         if self._filled and not self._closed:
-            jobs.append((self.array, self._buffer[: self._filled], self.rows))
+            self.end = self.rows + self._filled
+            if stores_raw_bytes(self.array, self._buffer.dtype):
+                self._buffer[self._filled :] = self.array.metadata.fill_value
+                jobs.append((self.array, self._buffer, self.rows))
+            else:
+                jobs.append((self.array, self._buffer[: self._filled], self.rows))
         self._filled, self._closed = 0, True
         return jobs
 
 
-def _gather(coros: list) -> None:
-    async def run() -> None:
-        await asyncio.gather(*coros)
-
-    if coros:
-        sync(run())
-
-
-def grow(jobs: list[Job]) -> None:
-    """Resize each job's array to hold its rows (before they are written)."""
-    ends: dict[int, tuple[zarr.Array, int]] = {}
-    for array, data, row0 in jobs:
-        end = max(row0 + data.shape[0], ends.get(id(array), (array, 0))[1])
-        ends[id(array)] = (array, end)
-    _gather([
-        array.async_array.resize((end, *array.shape[1:]), delete_outside_chunks=False)
-        for array, end in ends.values()
-    ])
+def grow(pairs: list[tuple[Appender, Job]]) -> list[Job]:
+    """The jobs, each aimed at its array grown to hold all the new rows; the grown
+    arrays exist in memory only until ``commit``."""
+    appenders = {id(appender): appender for appender, _ in pairs}
+    grown = {}
+    for key, appender in appenders.items():
+        array, end = appender.array, appender.end
+        metadata = array.metadata.update_shape((end, *array.shape[1:]))
+        metadata = metadata.update_attributes({**array.attrs, ROWS_ATTR: end})
+        grown[key] = AsyncArray(metadata=metadata, store_path=array.store_path, config=array.config)
+    return [(grown[id(appender)], data, row0) for appender, (_, data, row0) in pairs]
 
 
-def commit(pairs: list[tuple[Appender, Job]]) -> None:
-    """Record that the jobs' rows are on the store (after ``write_many`` returned)."""
-    done = {}
-    for appender, (_, data, row0) in pairs:
-        appender.rows = max(appender.rows, row0 + data.shape[0])
-        done[id(appender)] = appender
-    _gather([a.array.async_array.update_attributes({ROWS_ATTR: a.rows}) for a in done.values()])
+async def commit(pairs: list[tuple[Appender, Job]], jobs: list[Job]) -> None:
+    """Store the grown arrays' metadata (after ``write_jobs`` returned for ``jobs``)."""
+    done: dict[int, tuple[Appender, AsyncArray]] = {}
+    for (appender, _), (array, _, _) in zip(pairs, jobs):
+        done[id(appender)] = (appender, array)
+    await gather_all(save(array) for _, array in done.values())
+    for appender, array in done.values():
+        appender.array, appender.rows = array, array.shape[0]

@@ -16,7 +16,9 @@ from interp.store.encoding import CHUNK_BYTES, to_json
 from interp.store.errors import (
     CorruptRunError, IncompleteRunError, NotARunError, RunExistsError, RunNotFoundError,
 )
-from interp.store.location import UrlLike, check_marker, normalize, open_group, read_attrs
+from interp.store.location import (
+    UrlLike, check_marker, normalize, open_group, read_attrs, store_for_writing,
+)
 from interp.store.reader import Run
 from interp.store.writer import RunWriter, now
 
@@ -63,7 +65,7 @@ def create_run(
     }
     # "w" deletes the old run; "w-" fails if someone created a node here meanwhile.
     group = zarr.open_group(
-        url, mode="w" if existing is not None else "w-", zarr_format=3,
+        store_for_writing(url), mode="w" if existing is not None else "w-", zarr_format=3,
         storage_options=storage_options or None, attributes=root_attrs,
     )
     return RunWriter(group, url, compression=compression, chunk_bytes=chunk_bytes)

@@ -1,22 +1,23 @@
 """RunWriter: fills one run group (batch, cache, results, tables, metrics) and seals it.
 
 Every write returns once its data is on the store (appended rows: once they fill
-whole chunks, the rest at ``finish()``), and each array's ``ssmlens_rows`` is raised
-only after its rows were written; ``finish()`` writes the completion
+whole chunks, the rest at ``finish()``). A whole array's metadata is written after
+its chunks (it appears complete or not at all); an appended array's ``ssmlens_rows``
+is raised only after its rows were written; ``finish()`` writes the completion
 marker last. A writer killed at any point therefore leaves a run that readers see as
 incomplete, with every array showing exactly the rows that reached the store.
 
-Not thread-safe: one writer per run, used from one thread (it writes chunks from a
-small pool of its own).
+Not thread-safe: one writer per run, used from one thread. Its store requests
+(metadata and chunks of every array of one call) run concurrently on zarr's event
+loop, whose codecs and local-file writes run in zarr's threads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
-import sys
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import fsspec
@@ -24,16 +25,19 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
-from zarr.errors import ContainsArrayError, ContainsGroupError
+from zarr.core.array import AsyncArray
+from zarr.core.sync import sync  # zarr's bridge to its event loop (what zarr.Array uses)
 
 from interp.hook_names import dims_for
 from interp.store import layout as L
-from interp.store.appender import Appender, Job, commit, grow
-from interp.store.chunked import write_many
+from interp.store.appender import Appender, commit, grow
+from interp.store.chunked import Job, gather_all, in_flight, write_jobs
 from interp.store.encoding import (
-    CHUNK_BYTES, choose_chunks, compressors_for, is_bit_stored, to_json, to_numpy,
+    CHUNK_BYTES, STREAM_CHUNK_BYTES, choose_chunks, compressors_for, is_bit_stored, stream_chunks,
+    to_json, to_numpy,
 )
 from interp.store.errors import RunClosedError
+from interp.store.nodes import dtype_for_zarr, new_array, save, save_group
 from interp.store.tables import encode_column, flatten
 from interp.tasks.base import TaskBatch
 
@@ -54,78 +58,112 @@ class RunWriter:
 
     def __init__(
         self, group: zarr.Group, url: str, *, compression: str = "auto",
-        chunk_bytes: int = CHUNK_BYTES, workers: int = 4,
+        chunk_bytes: int = CHUNK_BYTES,
     ) -> None:
         self.url = url
         self.compression = compression
         self.chunk_bytes = chunk_bytes
         self._group = group
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ssmlens-store")
         self._appenders: dict[str, Appender] = {}
-        self._paths: set[str] = set()  # every node made so far (the run started empty)
+        self._paths: set[str] = set()  # every array made so far (the run started empty)
+        self._groups: set[str] = set()  # every group made so far
         self._state = "open"
 
     # ---- arrays -------------------------------------------------------------------
 
-    def _create(self, path: str, name: str, shape: tuple[int, ...], dtype: np.dtype,
-                dims: tuple[str, ...], attrs: dict[str, Any], torch_dtype: str | None) -> zarr.Array:
+    def _spec(self, name: str, shape: tuple[int, ...], dtype: np.dtype, dims: tuple[str, ...],
+              attrs: dict[str, Any], torch_dtype: str | None,
+              first_block: int | None = None) -> dict[str, Any]:
+        """``new_array`` arguments for one array (checked; nothing is written).
+
+        ``first_block``: the array is appended to (it starts empty), first with this many rows.
+        """
         if len(dims) != len(shape):
             raise ValueError(f"{name}: {len(dims)} dims {dims} for an array of shape {shape}")
         if torch_dtype is not None:
             attrs = {**attrs, L.TORCH_DTYPE_ATTR: torch_dtype}
-        if path in self._paths:
-            raise ValueError(f"{name!r} was already written to this run ({path})")
-        self._paths.add(path)
         itemsize = dtype.itemsize if dtype != object else 16  # strings: a guess per item
-        # Appended arrays start empty: chunk them as if unbounded along axis 0.
-        extent = (sys.maxsize, *shape[1:]) if shape[:1] == (0,) else shape
-        try:
-            return self._group.create_array(
-                path, shape=shape, dtype=str if dtype == object else dtype,
-                chunks=choose_chunks(extent, itemsize, self.chunk_bytes),
-                compressors=compressors_for(
-                    dtype, self.compression, floating=dtype.kind in "fc" or is_bit_stored(torch_dtype)
-                ),
-                dimension_names=dims or None,
-                attributes={L.NAME_ATTR: name, L.ROWS_ATTR: 0, **attrs},
-                # Skip zarr's scan for all-fill chunks: costs a pass over the data, and an
-                # explicit chunk for every written row keeps "what was written" unambiguous.
-                config={"write_empty_chunks": True},
-                # Chunk files side by side (c.0.0.0) rather than nested folders (c/0/0/0):
-                # one folder per chunk row doubled the CPU cost of writes (benchmarks/store.py).
-                chunk_key_encoding={"name": "default", "separator": "."},
-            )
-        except (ContainsArrayError, ContainsGroupError):
-            raise ValueError(f"{name!r} was already written to this run ({path})") from None
+        if first_block is None:
+            chunks = choose_chunks(shape, itemsize, self.chunk_bytes)
+        else:
+            target = min(self.chunk_bytes, STREAM_CHUNK_BYTES)
+            chunks = stream_chunks(shape[1:], itemsize, first_block, target)
+        return dict(
+            shape=shape, dtype=dtype_for_zarr(dtype), chunks=chunks,
+            compressors=compressors_for(
+                dtype, self.compression, floating=dtype.kind in "fc" or is_bit_stored(torch_dtype)
+            ),
+            dimension_names=dims or None,
+            attributes={L.NAME_ATTR: name, L.ROWS_ATTR: 0, **attrs},  # attrs may set the rows
+        )
+
+    def _claim(self, paths: list[tuple[str, str]]) -> list[str]:
+        """Reserve new array paths ``(path, name)``; the parent groups still to make.
+
+        The run started empty and every node made is in ``_paths`` / ``_groups``, so
+        a path not there is free (no store request needed to know it).
+        """
+        seen = [path for path, _ in paths]
+        for path, name in paths:  # refuse duplicates before making anything
+            if path in self._paths or path in self._groups or seen.count(path) > 1:
+                raise ValueError(f"{name!r} was already written to this run ({path})")
+            parts = path.split("/")
+            for i in range(1, len(parts)):
+                if "/".join(parts[:i]) in self._paths:
+                    raise ValueError(f"{name!r}: {'/'.join(parts[:i])} is an array of this run, "
+                                     f"it cannot hold {path}")
+        groups = []
+        for path, _ in paths:
+            parts = path.split("/")
+            for i in range(1, len(parts)):
+                parent = "/".join(parts[:i])
+                if parent not in self._groups:
+                    self._groups.add(parent)
+                    groups.append(parent)  # parents before children
+            self._paths.add(path)
+        return groups
+
+    async def _make_groups(self, groups: list[str]) -> None:
+        for path in groups:  # in order: a group's parent exists before it
+            await save_group(self._group.store_path / path)
+
+    async def _new_stored(self, path: str, spec: dict[str, Any]) -> AsyncArray:
+        """Make the array and store its metadata (``ssmlens_rows`` 0): it exists, holding nothing."""
+        array = await new_array(self._group.store_path / path, **spec)
+        await save(array)
+        return array
 
     def _write(self, path: str, name: str, value: Any, dims: tuple[str, ...] | None,
                attrs: dict[str, Any] | None = None) -> None:
         self._write_all([(path, name, value, dims, attrs)])
 
     def _write_all(self, items: list[tuple[str, str, Any, tuple[str, ...] | None, dict | None]]) -> None:
-        """Create arrays (path, name, value, dims, attrs), write all their chunks
-        together, then commit each one's rows: no array claims data before it is stored."""
+        """Write whole arrays (path, name, value, dims, attrs), all concurrently: each
+        array's chunks, then its metadata (``ssmlens_rows`` = all rows). An array
+        exists only once its data is stored; a writer killed before that leaves chunk
+        files that no zarr.json names (invisible to readers), never a partial array."""
         self._check_open()
-        paths = [path for path, *_ in items]
-        for path, name, *_ in items:  # refuse duplicates before creating anything
-            if path in self._paths or paths.count(path) > 1:
-                raise ValueError(f"{name!r} was already written to this run ({path})")
-
-        def create(item: tuple) -> tuple[zarr.Array, np.ndarray, int]:
-            path, name, value, dims, attrs = item
+        prepared = []
+        for path, name, value, dims, attrs in items:  # check everything before writing
             data, torch_dtype = to_numpy(value)
             dims = tuple(dims) if dims is not None else tuple(f"dim_{i}" for i in range(data.ndim))
-            return self._create(path, name, data.shape, data.dtype, dims, attrs or {}, torch_dtype), data, 0
+            rows = data.shape[0] if data.ndim else 1
+            attrs = {**(attrs or {}), L.ROWS_ATTR: rows}  # the metadata is written after the data
+            spec = self._spec(name, data.shape, data.dtype, dims, attrs, torch_dtype)
+            prepared.append((path, spec, data))
+        groups = self._claim([(path, name) for path, name, *_ in items])
 
-        # Metadata writes are small and many: issue them concurrently, like the chunks.
-        jobs = list(self._pool.map(create, items))
-        write_many(jobs, self._pool)
+        async def write(gate: asyncio.Semaphore, path: str, spec: dict[str, Any], data: np.ndarray) -> None:
+            array = await new_array(self._group.store_path / path, **spec)
+            await write_jobs([(array, data, 0)], gate)
+            await save(array)  # last: the array appears whole
 
-        def commit(job: tuple[zarr.Array, np.ndarray, int]) -> None:
-            array, data, _ = job
-            array.update_attributes({L.ROWS_ATTR: data.shape[0] if data.ndim else 1})
+        async def write_every() -> None:
+            await self._make_groups(groups)
+            gate = in_flight()  # chunk requests in flight, over all arrays
+            await gather_all(write(gate, *item) for item in prepared)
 
-        list(self._pool.map(commit, jobs))
+        sync(write_every())
 
     def write_batch(self, batch: TaskBatch) -> None:
         """tokens/loss_mask ``[batch, pos]`` and roles ``[batch, k]`` -> ``batch/``."""
@@ -168,27 +206,42 @@ class RunWriter:
 
     def _append_all(self, items: list[tuple[str, Any, Iterable[str] | None]]) -> None:
         self._check_open()
-        rows = []
+        rows, new = [], {}
         for name, chunk, dims in items:  # check everything before buffering anything
             data, torch_dtype = to_numpy(chunk)
             if data.ndim == 0:
                 raise ValueError(f"{name}: append needs rows ([n, ...]), got a scalar")
-            appender = self._appenders.get(name)
-            if appender is None:
+            if name not in self._appenders and name not in new:
                 dims = tuple(dims) if dims is not None else dims_for(name, data.ndim)
                 path = f"{L.CACHE}/{L.escape_segment(name)}"
-                array = self._create(path, name, (0, *data.shape[1:]), data.dtype, dims, {}, torch_dtype)
-                appender = self._appenders[name] = Appender(array)
-            appender.check(data)
-            rows.append((appender, data))
-        self._run_jobs([(a, a.add(data)) for a, data in rows])
+                spec = self._spec(name, (0, *data.shape[1:]), data.dtype, dims, {}, torch_dtype,
+                                  first_block=data.shape[0])
+                new[name] = (path, spec)
+            rows.append((name, data))
+        if new:
+            groups = self._claim([(path, name) for name, (path, _) in new.items()])
+
+            async def make_all() -> list[AsyncArray]:
+                await self._make_groups(groups)
+                return await gather_all(self._new_stored(path, spec) for path, spec in new.values())
+
+            for name, array in zip(new, sync(make_all())):
+                self._appenders[name] = Appender(array)
+        for name, data in rows:
+            self._appenders[name].check(data)
+        self._run_jobs([(self._appenders[name], self._appenders[name].add(data)) for name, data in rows])
 
     def _run_jobs(self, jobs: list[tuple[Appender, list[Job]]]) -> None:
         """Write the appenders' jobs together, then commit each (rows after data)."""
-        jobs = [(a, job) for a, some in jobs for job in some]
-        grow([job for _, job in jobs])
-        write_many([job for _, job in jobs], self._pool)
-        commit(jobs)
+        pairs = [(a, job) for a, some in jobs for job in some]
+        if pairs:
+            sync(self._flush(pairs))
+
+    @staticmethod
+    async def _flush(pairs: list[tuple[Appender, Job]]) -> None:
+        jobs = grow(pairs)
+        await write_jobs(jobs)
+        await commit(pairs, jobs)
 
     # ---- labelled results and tables ----------------------------------------------
 
@@ -227,16 +280,19 @@ class RunWriter:
         self._check_open()
         flat, table_attrs = flatten(df)
         path = f"{L.TABLES}/{L.escape_path(name)}"
-        if path in self._paths:
+        if path in self._paths or path in self._groups:
             raise ValueError(f"table {name!r} was already written to this run ({path})")
         columns = []
         for column in flat.columns:
             values, attrs = encode_column(column, flat[column])
             key = f"{path}/{L.escape_segment(str(column))}"
             columns.append((key, str(column), values, ("row",), {**attrs, "column": to_json(column)}))
-        group = self._group.create_group(path)
-        self._paths.add(path)
+        groups = self._claim([(path, name)])  # checks the path and its parents
+        self._paths.remove(path)  # a group, not an array
+        self._groups.add(path)
+        sync(self._make_groups([*groups, path]))
         self._write_all(columns)
+        group = self._group[path]
         group.update_attributes({L.NAME_ATTR: name, **table_attrs})  # last: marks the table whole
 
     # ---- run attributes -----------------------------------------------------------
@@ -266,7 +322,6 @@ class RunWriter:
             return
         self._check_open()
         self._run_jobs([(a, a.close()) for a in self._appenders.values()])
-        self._pool.shutdown()
         self._group.update_attributes({L.COMPLETE_ATTR: True, L.FINISHED_ATTR: now()})
         self._state = "finished"
 
@@ -281,7 +336,6 @@ class RunWriter:
             self._run_jobs([(a, a.close()) for a in self._appenders.values()])
         except Exception as e:  # still record why the run stopped
             reason += f"; flushing appended rows failed: {type(e).__name__}: {e}"
-        self._pool.shutdown()
         self._group.update_attributes({L.ERROR_ATTR: reason, L.FINISHED_ATTR: now()})
 
     def _check_open(self) -> None:
