@@ -8,8 +8,11 @@ a full sweep over every layer × every position of the given hooks is run three 
   does;
 - ``batched``: ``patching_sweep`` with its defaults (patches stacked along the batch
   axis in memory-bounded chunks, plus the exact shortcuts: no-op rows skipped,
-  sequences cut after the query, forwards resumed at the patched block, logits only
-  at the query);
+  nothing after the query patched, every forward resumed at the patched block *and
+  position* from the cached unpatched run — positions p … query only, from the cached
+  SSM state, conv window and attention keys/values — single-position SSM state
+  patches added in closed form without a scan, the source run itself resumed where
+  its tokens leave the base's, logits only at the query: ``probes.resumed``);
 - ``batched, no shortcuts``: stacking alone (``causal=skip_noop=resume=False``).
 
 Every result is checked against the reference: the largest difference of the raw
@@ -186,22 +189,29 @@ def main() -> None:
 
 NOTES = """Reading the numbers:
 
-- The batched sweep returns the reference's numbers (max difference ≤ 1e-5, checked;
-  mostly bit-identical) and is several times faster, but the **≥ 20× target is not met on
-  this CPU**. A forward here is bound by per-row compute, not per-forward overhead: ~85%
-  of a Mamba forward is the `torch` scan backend (Hillis–Steele over
-  `[rows, L, d_inner, d_state]` with a `cat` per step), whose cost grows with the rows.
-  Stacking patches along the batch axis only saves per-forward overhead — "stacking
-  alone" above: ~1–1.6× at 16–32 examples per forward, more for a single prompt pair.
-- Most of the gain comes from the exact shortcuts of `probes.batched`: 55–70% of the
-  rows are no-ops (before the corrupted token, clean and corrupted activations are
-  bit-identical, and patches after the query cannot reach it) and are not run; the rest
-  start at the patched block and unembed only the query.
-- Reaching 20× would need forwards resumable at a position (SSM state + conv window for
-  Mamba, a KV cache for attention), so that a patch at position p recomputes only the
-  positions after p (about a quarter of the sequence on average in these sweeps), or a
-  cheaper CPU scan for short sequences: the float64 sequential `reference` backend ran
-  2–2.5× faster than `torch` at L = 21, 32–64 rows on this machine.
+- The batched sweep returns the reference's numbers (max difference ≤ 1e-5, checked)
+  and every patched row is a *resumed forward* (`probes.resumed`, `models.resume`): a
+  patch at block l, position p computes only positions p … query of blocks ≥ l, from
+  the unpatched run's cached residual, SSM state at p − 1, conv window and attention
+  keys/values; a single-position `hook_ssm_state` patch adds its closed-form effect
+  C·exp(A·ΣΔ)·(h′ − h) to the cached output without a scan (in a last Mamba block, at
+  the query only); the source run is itself resumed where its tokens leave the base's.
+- The **≥ 20× target is still not met on this CPU**: the best configuration (Mamba d64,
+  32 examples) reaches about 15×. What is left is real work: per window position a
+  resumed forward costs about what a full forward costs per position (the `torch` scan's
+  elementwise passes over `[rows, window, d_inner, d_state]`: exp(ΔA), Δ·B·u, the
+  recurrence, the C readout; the closed form needs the same exp), and a patch early in
+  the sequence still has to recompute everything after it in the layers above. The two
+  unpatched runs (the base run with states cached, the resumed source run) take about
+  a quarter of the sweep.
+- Small models and few examples (d16; the Transformer) are bound by per-forward
+  overhead: a reference forward costs 2–5 ms there, so 20× leaves 12–20 ms for the
+  whole sweep, about what the unpatched runs, the no-op checks and the result assembly
+  take before any patch runs.
+- Further levers, not built: a scan kernel that reads out only requested positions and
+  writes no states; in a last Mamba block, a patch before the conv reaches only d_conv
+  positions nonlinearly (past them it is a state edit: 4 positions plus the closed form);
+  one forward for the state edits of every layer (small models).
 """
 
 

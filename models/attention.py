@@ -18,15 +18,21 @@ from einops import einsum, rearrange
 from torch import Tensor
 
 from interp.hooks import HookPoint
+from models.resume import Resume
 
 
-def rotary(x: Tensor, base: float = 10000.0) -> Tensor:
-    """Rotary position embedding (GPT-NeoX half rotation) of x ``[b, pos, head, d_head]``."""
+def rotary(x: Tensor, base: float = 10000.0, positions: Tensor | None = None) -> Tensor:
+    """Rotary position embedding (GPT-NeoX half rotation) of x ``[b, pos, head, d_head]``;
+    ``positions`` int64 ``[b, pos]`` gives each slot's position (default 0 … pos − 1)."""
     pos, d = x.shape[1], x.shape[-1]
     half = d // 2
     inv = base ** (-torch.arange(0, half, device=x.device, dtype=torch.float32) / half)
-    ang = torch.arange(pos, device=x.device, dtype=torch.float32)[:, None] * inv[None]  # pos half
-    cos, sin = ang.cos()[None, :, None], ang.sin()[None, :, None]
+    if positions is None:
+        ang = torch.arange(pos, device=x.device, dtype=torch.float32)[:, None] * inv[None]  # pos half
+        cos, sin = ang.cos()[None, :, None], ang.sin()[None, :, None]
+    else:
+        ang = positions.to(torch.float32)[..., None] * inv  # b pos half
+        cos, sin = ang.cos()[:, :, None], ang.sin()[:, :, None]
     x1, x2 = x[..., :half].float(), x[..., half : 2 * half].float()
     out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half :].float()], dim=-1)
     return out.to(x.dtype)
@@ -49,11 +55,16 @@ class Attention(nn.Module):
     def split_heads(self, x: Tensor) -> Tensor:
         return rearrange(x, "b p (h e) -> b p h e", h=self.n_heads)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x ``[b, pos, d_model]`` (already normalized) -> ``[b, pos, d_model]``."""
+    def forward(self, x: Tensor, resume: Resume | None = None) -> Tensor:
+        """x ``[b, pos, d_model]`` (already normalized) -> ``[b, pos, d_model]``.
+
+        With ``resume`` (``models.resume``), x holds each row's window: its queries
+        read the cached keys and values of every earlier position."""
         q = self.hook_q(self.split_heads(self.W_Q(x)))
         k = self.hook_k(self.split_heads(self.W_K(x)))
         v = self.hook_v(self.split_heads(self.W_V(x)))
+        if resume is not None:
+            return self.hook_out(self.W_O(rearrange(self.resumed(q, k, v, resume), "b p h e -> b p (h e)")))
         if self.positional == "rotary":
             q, k = rotary(q), rotary(k)
         if self.hook_pattern.listened or self.hook_attn_scores.listened:
@@ -67,11 +78,28 @@ class Attention(nn.Module):
         z = self.hook_z(z)
         return self.hook_out(self.W_O(rearrange(z, "b p h e -> b p (h e)")))
 
-    def explicit_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Reference attention with the pattern materialized and hooked."""
-        P = q.shape[1]
+    def resumed(self, q: Tensor, k: Tensor, v: Tensor, resume: Resume) -> Tensor:
+        """z ``[R, window, head, d_head]`` of the window's queries over every key
+        (cached ones, the window's own written over them), causal in absolute positions."""
+        k_all = resume.scatter(resume.full("hook_k"), k)  # R L h e
+        v_all = resume.scatter(resume.full("hook_v"), v)
+        if self.positional == "rotary":
+            q, k_all = rotary(q, positions=resume.positions), rotary(k_all)
+        visible = resume.key_visible()  # R window L
+        if self.hook_pattern.listened or self.hook_attn_scores.listened:
+            return self.hook_z(self.explicit_attention(q, k_all, v_all, visible[:, None]))
+        z = F.scaled_dot_product_attention(
+            rearrange(q, "b p h e -> b h p e"), rearrange(k_all, "b p h e -> b h p e"),
+            rearrange(v_all, "b p h e -> b h p e"), attn_mask=visible[:, None],
+        )
+        return self.hook_z(rearrange(z, "b h p e -> b p h e"))
+
+    def explicit_attention(self, q: Tensor, k: Tensor, v: Tensor, visible: Tensor | None = None) -> Tensor:
+        """Reference attention with the pattern materialized and hooked; ``visible``
+        (bool, broadcastable to ``[b, head, q, k]``) defaults to the causal mask."""
         scores = einsum(q, k, "b q h e, b k h e -> b h q k") / math.sqrt(self.d_head)
-        causal = torch.ones(P, P, dtype=torch.bool, device=q.device).tril()
-        scores = self.hook_attn_scores(scores.masked_fill(~causal, float("-inf")))
+        if visible is None:
+            visible = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool, device=q.device).tril()
+        scores = self.hook_attn_scores(scores.masked_fill(~visible, float("-inf")))
         pattern = self.hook_pattern(scores.softmax(dim=-1))
         return einsum(pattern, v, "b h q k, b k h e -> b q h e")

@@ -53,6 +53,7 @@ from models.lm import LanguageModel
 from models.mamba_mixer import MambaMixer, MixerOptions
 from models.mlp import MLP
 from models.norm import make_norm
+from models.resume import Resume
 
 __all__ = ["BMojo", "BMojoBlock", "BMojoConfig", "PatternParts", "split_pattern"]
 
@@ -110,6 +111,9 @@ class BMojoBlock(nn.Module):
     def __init__(self, cfg: BMojoConfig):
         super().__init__()
         self.cfg = cfg
+        # what a resumed forward reads (models.resume)
+        self.resume_hooks = (("mixer.hook_x", "mixer.hook_ssm_state") if cfg.use_ssm else ()) + (
+            ("memory.hook_fading", "memory.hook_write", "attn.hook_k", "attn.hook_v") if cfg.use_attention else ())
         self.ln1 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.mixer = MambaMixer(cfg.mixer_config(), n_layers_for_init=cfg.n_layers) if cfg.use_ssm else None
         self.memory = EideticMemory(cfg.d_model, cfg.threshold, cfg.innovation_eps)
@@ -120,20 +124,29 @@ class BMojoBlock(nn.Module):
         self.hook_resid_mid = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, resid: Tensor) -> Tensor:
+    def forward(self, resid: Tensor, resume: Resume | None = None) -> Tensor:
+        """resid ``[b, L, d_model]``; with ``resume`` (``models.resume``) each row's
+        window, the memory and the attention keys before it read from the cache."""
         cfg = self.cfg
         resid = self.hook_resid_pre(resid)
         u = self.ln1(resid)
-        f = self.mixer(u) if self.mixer is not None else torch.zeros_like(u)
+        f = self.mixer(u, resume and resume.sub("mixer")) if self.mixer is not None else torch.zeros_like(u)
         f = self.memory.fade(f)
         if self.attn is None:
             self.memory.innovation_loss = None
             mixed = f
-        else:
+        elif resume is None:
             write = self.memory(u, f)
             L = u.shape[1]
             visible = window_mask(L, cfg.window, u.device)[None] | memory_mask(write, cfg.window, cfg.memory_size)
             mixed = self.attn(u, f, visible, fading_visible=cfg.use_ssm)
+        else:
+            at_memory = resume.sub("memory")
+            write = self.memory(u, f, at_memory, u_cached=self.ln1(resume.full("hook_resid_pre")))
+            write_all = at_memory.scatter(at_memory.full("hook_write"), write)  # the window's writes, in place
+            L = resume.seq_len
+            visible = window_mask(L, cfg.window, u.device)[None] | memory_mask(write_all, cfg.window, cfg.memory_size)
+            mixed = self.attn(u, f, resume.gather(visible), fading_visible=cfg.use_ssm, resume=resume.sub("attn"))
         resid = self.hook_resid_mid(resid + mixed)
         if self.mlp is not None:
             resid = resid + self.mlp(self.ln2(resid))

@@ -35,6 +35,7 @@ from torch import Tensor
 from interp.hooks import HookPoint
 from models.attention import Attention, rotary
 from models.bmojo_memory import window_mask
+from models.resume import Resume
 
 
 class PatternParts(NamedTuple):
@@ -71,17 +72,24 @@ class BMojoAttention(Attention):
         fading: Float[Tensor, "batch pos d_model"],
         visible: Bool[Tensor, "batch q k"],
         fading_visible: bool = True,
+        resume: Resume | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         """x: block input (queries and token keys/values); fading: f_t per query;
         visible: window ∪ memory mask over token keys; fading_visible: False drops
-        the fading column (no SSM)."""
+        the fading column (no SSM). With ``resume`` (``models.resume``), x and fading
+        hold each row's window, visible is ``[R, window, L]`` and the token keys and
+        values of every position are the cached ones with the window's written in."""
         q = self.hook_q(self.split_heads(self.W_Q(x)))
         k = self.hook_k(self.split_heads(self.W_K(x)))
         v = self.hook_v(self.split_heads(self.W_V(x)))
         kf = self.hook_k_fading(self.split_heads(self.W_K(fading)))
         vf = self.hook_v_fading(self.split_heads(self.W_V(fading)))
+        pos = None
+        if resume is not None:
+            k, v, pos = resume.scatter(resume.full("hook_k"), k), resume.scatter(resume.full("hook_v"), v), \
+                resume.positions
         if self.positional == "rotary":
-            q, k, kf = rotary(q), rotary(k), rotary(kf)
+            q, k, kf = rotary(q, positions=pos), rotary(k), rotary(kf, positions=pos)
         b, L = x.shape[:2]
         fad = torch.full((b, L), fading_visible, dtype=torch.bool, device=x.device)
         empty = ~(visible.any(-1) | fad)  # b q: rows with nothing to attend to
@@ -94,7 +102,7 @@ class BMojoAttention(Attention):
 
     def explicit_attention(self, q, k, v, kf, vf, visible, fad, empty) -> Tensor:
         """Reference path: scores and pattern ``[b, head, q, L + 1]`` materialized and hooked."""
-        L = q.shape[1]
+        L = k.shape[1]
         scale = 1.0 / math.sqrt(self.d_head)
         s_tok = einsum(q, k, "b q h e, b k h e -> b h q k") * scale
         s_fad = einsum(q, kf, "b q h e, b q h e -> b h q")[..., None] * scale

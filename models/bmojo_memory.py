@@ -21,6 +21,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from interp.hooks import HookPoint
+from models.resume import Resume
 
 
 def innovation_error(
@@ -109,10 +110,22 @@ class EideticMemory(nn.Module):
         return self.hook_fading(f)
 
     def forward(
-        self, u: Float[Tensor, "batch pos d_model"], f: Float[Tensor, "batch pos d_model"]
+        self, u: Float[Tensor, "batch pos d_model"], f: Float[Tensor, "batch pos d_model"],
+        resume: Resume | None = None, u_cached: Tensor | None = None,
     ) -> Float[Tensor, "batch pos"]:
-        """Innovation scores and writes for block input u and fading tokens f."""
-        e = innovation_error(u.detach(), f.detach(), self.W_p)
-        self.innovation_loss = e.mean()
-        z = self.hook_innovation(standardize(e.detach(), self.eps))
+        """Innovation scores and writes for block input u and fading tokens f.
+
+        With ``resume`` (``models.resume``), u and f hold each row's window and
+        ``u_cached`` ``[R, L, d_model]`` is the cached run's block input: errors are
+        computed over the whole sequence with the window written in, then read there."""
+        if resume is None:
+            e = innovation_error(u.detach(), f.detach(), self.W_p)
+            self.innovation_loss = e.mean()
+            z = standardize(e.detach(), self.eps)
+        else:
+            f_all = resume.scatter(resume.full("hook_fading"), f.detach())
+            e = innovation_error(resume.scatter(u_cached, u.detach()), f_all, self.W_p)
+            self.innovation_loss = resume.gather(e).mean()
+            z = resume.gather(standardize(e.detach(), self.eps))
+        z = self.hook_innovation(z)
         return self.hook_write((z > self.threshold).float())

@@ -17,6 +17,7 @@ from interp.hooks import HookPoint
 from models.lm import LanguageModel
 from models.mamba_mixer import MambaMixer, MixerOptions
 from models.norm import make_norm
+from models.resume import Resume
 
 
 @dataclass
@@ -40,6 +41,9 @@ class MambaConfig(MixerOptions):  # + the mixer's options (MixerOptions)
 
 
 class MambaBlock(nn.Module):
+    resume_hooks = ("mixer.hook_x", "mixer.hook_ssm_state")  # what a resumed forward reads (models.resume)
+    local_after_mixer = True  # the output at t depends on the mixer's output at t alone (models.resume)
+
     def __init__(self, cfg: MambaConfig):
         super().__init__()
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
@@ -47,9 +51,9 @@ class MambaBlock(nn.Module):
         self.hook_resid_pre = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, resid: Tensor) -> Tensor:
+    def forward(self, resid: Tensor, resume: Resume | None = None) -> Tensor:
         resid = self.hook_resid_pre(resid)
-        return self.hook_resid_post(resid + self.mixer(self.norm(resid)))
+        return self.hook_resid_post(resid + self.mixer(self.norm(resid), resume and resume.sub("mixer")))
 
 
 class Mamba(LanguageModel):

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from interp.hooks import HookPoint
 from kernels import linear_recurrence, selective_scan
+from models.resume import Resume, StateEdit
 
 
 @dataclass(kw_only=True)
@@ -109,14 +110,29 @@ class MambaMixer(nn.Module):
     def A(self) -> Tensor:
         return -torch.exp(self.A_log.float())
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        """hidden ``[b, L, d_model]`` -> ``[b, L, d_model]``."""
+    def forward(self, hidden: Tensor, resume: Resume | None = None) -> Tensor:
+        """hidden ``[b, L, d_model]`` -> ``[b, L, d_model]``.
+
+        With ``resume`` (``models.resume``), hidden holds each row's window only; the
+        conv reads the cached x before the window and the scan starts from the cached
+        state at ``start − 1``."""
+        edit = resume.own_edit if resume is not None else None
+        if edit is not None:
+            return self._edited(resume, edit)
         L = hidden.shape[1]
         cfg = self.cfg
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x = self.hook_x(x)
         z = self.hook_z(z)
-        u = F.silu(self.conv1d(rearrange(x, "b l d -> b d l"))[..., :L])
+        h0 = None
+        if resume is None:
+            u = F.silu(self.conv1d(rearrange(x, "b l d -> b d l"))[..., :L])
+        else:
+            # the conv's zero padding is replaced by the cached x before the window
+            x_ext = torch.cat([resume.before("hook_x", cfg.d_conv - 1).to(x.dtype), x], dim=1)
+            u = F.silu(F.conv1d(rearrange(x_ext, "b l d -> b d l"), self.conv1d.weight, self.conv1d.bias,
+                                groups=self.conv1d.groups))
+            h0 = resume.before("hook_ssm_state", 1)[:, 0]
         u = self.hook_conv(rearrange(u, "b d l -> b l d"))
         dt, B, C = self.x_proj(u).split([cfg.rank, cfg.d_state, cfg.d_state], dim=-1)
         delta = self.hook_delta(F.softplus(dt @ self.dt_proj.weight.T + self.dt_proj.bias))
@@ -128,7 +144,7 @@ class MambaMixer(nn.Module):
         want_y = self.hook_ssm_out.listened or want_states
         res = selective_scan(
             u, delta, A, B, C, self.D.float(), z=None if want_y else z,
-            delta_softplus=False, state_positions="all" if want_states else None,
+            delta_softplus=False, initial_state=h0, state_positions="all" if want_states else None,
             backend=cfg.scan_backend,
         )
         y = res.out
@@ -137,6 +153,36 @@ class MambaMixer(nn.Module):
         if want_y:
             y = self.hook_ssm_out(y)
             y = y * F.silu(z)
+        return self.hook_out(self.out_proj(y))
+
+    def _edited(self, resume: Resume, edit: StateEdit) -> Tensor:
+        """Output ``[R, window, d_model]`` when the rows' inputs are the cached run's
+        and only h at ``edit.position`` is replaced (``models.resume.StateEdit``).
+
+        The difference e_p = h'_p − h_p decays with the unchanged Ā: for t ≥ p,
+        e_t = exp(A·Σ_{p<s≤t} Δ_s) ⊙ e_p and y_t moves by C_t·e_t — the closed form of
+        the propagation in ``_states_through_hook``, without a scan, from the cached
+        Δ, C, z and y. The window may start after p (only later positions are read).
+        """
+        inner = [n for n in ("x", "z", "conv", "delta", "B", "C", "ssm_state") if getattr(self, f"hook_{n}").listened]
+        if inner:
+            raise ValueError(f"a resumed forward with a StateEdit reads the cached run's {inner}: "
+                             "hooks on them cannot be combined with it")
+        h_p = resume.cache[resume.scope + "hook_ssm_state"][resume.ex, edit.position]  # R d n
+        e_p = edit.value.float() - h_p.float()
+        # Σ_{p<s≤t} Δ_s, summed from p on (not a difference of long prefix sums: exact
+        # for long L): over the window, plus the gap between p and a later window start.
+        after = resume.positions >= edit.position[:, None]  # R t
+        past_p = resume.positions > edit.position[:, None]
+        decay_sum = (resume.window("hook_delta").float() * past_p[..., None]).cumsum(1)  # R t d
+        if bool((resume.start > edit.position + 1).any()):
+            seq = torch.arange(resume.seq_len, device=after.device)
+            gap = (seq[None] > edit.position[:, None]) & (seq[None] < resume.start[:, None])  # R L
+            decay_sum = decay_sum + (resume.full("hook_delta").float() * gap[..., None]).sum(1)[:, None]
+        e = (decay_sum[..., None] * self.A).exp_().mul_(e_p[:, None])  # r t d n, in place: one buffer
+        dy = einsum(e, resume.window("hook_C").float(), "r t d n, r t n -> r t d") * after[..., None]
+        y0 = resume.window("hook_ssm_out")
+        y = self.hook_ssm_out((y0.float() + dy).to(y0.dtype)) * F.silu(resume.window("hook_z"))
         return self.hook_out(self.out_proj(y))
 
     def _states_through_hook(self, h: Tensor, y: Tensor, delta: Tensor, A: Tensor, C: Tensor) -> Tensor:
@@ -149,9 +195,11 @@ class MambaMixer(nn.Module):
         # The hook gets a copy: a hook that edits in place (``h[:, t] = v; return h``)
         # must still be seen as an edit, so the scanned states are kept apart.
         h_edit = self.hook_ssm_state(h.clone())
+        needs_grad = torch.is_grad_enabled() and h_edit.requires_grad
+        if not needs_grad and torch.equal(h_edit, h):  # a listener that only reads: one pass
+            return y
         diff = h_edit - h
         edited = (diff != 0).flatten(2).any(-1)  # b L
-        needs_grad = torch.is_grad_enabled() and h_edit.requires_grad
         if not bool(edited.any()) and not needs_grad:
             return y
         a = torch.exp(einsum(delta.float(), A, "b l d, d n -> b l d n"))

@@ -31,6 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.hooks import HookPoint
+from models.resume import Resume
 
 
 def load_balancing_loss(
@@ -86,8 +87,12 @@ class SwitchMoE(nn.Module):
         h = F.gelu(h) @ self.W_out[i]
         return h + self.b_out[i] if self.b_out is not None else h
 
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        """Switch layer output (0 at dropped tokens); add it to the residual."""
+    def forward(self, x: Float[Tensor, "batch pos d_model"], resume: Resume | None = None
+                ) -> Float[Tensor, "batch pos d_model"]:
+        """Switch layer output (0 at dropped tokens); add it to the residual.
+
+        With ``resume`` (``models.resume``), x holds each row's window; capacity is
+        that of the whole sequence, counted with the cached experts before the window."""
         b, L, d = x.shape
         logits = self.hook_router_logits(self.router(x))
         probs = logits.float().softmax(-1)
@@ -95,7 +100,12 @@ class SwitchMoE(nn.Module):
         if expert.dtype != torch.long or bool(((expert < -1) | (expert >= self.n_experts)).any()):
             raise ValueError(f"hook_expert must hold int64 experts in [-1, {self.n_experts}), got {expert.dtype}")
         self.balance_loss = load_balancing_loss(probs, expert, self.alpha)
-        kept = dispatch_mask(expert, self.n_experts, capacity(self.capacity_factor, L, self.n_experts))
+        if resume is None:
+            kept = dispatch_mask(expert, self.n_experts, capacity(self.capacity_factor, L, self.n_experts))
+        else:
+            every = resume.scatter(resume.full("hook_expert"), expert)
+            cap = capacity(self.capacity_factor, resume.seq_len, self.n_experts)
+            kept = resume.gather(dispatch_mask(every, self.n_experts, cap))
         kept = self.hook_drop((~kept).to(x.dtype)) < 0.5
         gate = probs.gather(-1, expert.clamp(min=0)[..., None])[..., 0]  # b L
         flat_x, flat_e, flat_k = x.reshape(-1, d), expert.reshape(-1), kept.reshape(-1)

@@ -25,6 +25,7 @@ from models.lm import LanguageModel
 from models.mamba_mixer import MambaMixer, MixerOptions
 from models.moe import SwitchMoE, ablate_expert
 from models.norm import make_norm
+from models.resume import Resume
 
 __all__ = ["MoEMamba", "MoEMambaBlock", "MoEMambaConfig", "ablate_expert"]
 
@@ -62,6 +63,8 @@ class MoEMambaConfig(MixerOptions):  # + the mixer's options (MixerOptions)
 
 
 class MoEMambaBlock(nn.Module):
+    resume_hooks = ("mixer.hook_x", "mixer.hook_ssm_state", "moe.hook_expert")  # models.resume
+
     def __init__(self, cfg: MoEMambaConfig):
         super().__init__()
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
@@ -73,10 +76,10 @@ class MoEMambaBlock(nn.Module):
         self.hook_resid_mid = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, resid: Tensor) -> Tensor:
+    def forward(self, resid: Tensor, resume: Resume | None = None) -> Tensor:
         resid = self.hook_resid_pre(resid)
-        resid = self.hook_resid_mid(resid + self.mixer(self.norm(resid)))
-        return self.hook_resid_post(resid + self.moe(self.moe_norm(resid)))
+        resid = self.hook_resid_mid(resid + self.mixer(self.norm(resid), resume and resume.sub("mixer")))
+        return self.hook_resid_post(resid + self.moe(self.moe_norm(resid), resume and resume.sub("moe")))
 
 
 class MoEMamba(LanguageModel):

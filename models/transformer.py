@@ -17,6 +17,7 @@ from models.attention import Attention
 from models.lm import LanguageModel
 from models.mlp import MLP
 from models.norm import make_norm
+from models.resume import Resume
 
 
 @dataclass
@@ -50,6 +51,8 @@ class TransformerConfig:
 
 
 class TransformerBlock(nn.Module):
+    resume_hooks = ("attn.hook_k", "attn.hook_v")  # what a resumed forward reads (models.resume)
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.ln1 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
@@ -60,9 +63,9 @@ class TransformerBlock(nn.Module):
         self.hook_resid_mid = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, resid: Tensor) -> Tensor:
+    def forward(self, resid: Tensor, resume: Resume | None = None) -> Tensor:
         resid = self.hook_resid_pre(resid)
-        resid = self.hook_resid_mid(resid + self.attn(self.ln1(resid)))
+        resid = self.hook_resid_mid(resid + self.attn(self.ln1(resid), resume and resume.sub("attn")))
         return self.hook_resid_post(resid + self.mlp(self.ln2(resid)))
 
 

@@ -17,9 +17,27 @@ Work is skipped only where the result is known exactly:
 - *causality* (``causal=True``, every ssmlens model): positions after an example's
   last metric position cannot change its metrics, so patches there are not run.
   (Sequences are not cut short: a layer may depend on the length, e.g. MoE capacity.)
-- *resuming* (LanguageModel subclasses with the standard ``forward``): a row whose
-  hooks lie in block l starts from the base run's ``blocks.{l}.hook_resid_pre``
-  instead of recomputing blocks < l, and only the metric positions are unembedded.
+- *resuming at a block and a position* (``probes.resumed``, ``models.resume``; every
+  model in ``models/``: Mamba, Transformer, B'MOJO, MoE-Mamba): a row whose site is
+  in block l and whose first changed position is p computes only positions p … q
+  (q: the example's last metric position) of blocks l and above, from the base
+  run's cached residual, SSM states, conv windows, attention keys/values and B'MOJO /
+  MoE bookkeeping. Rows are sorted by window length and stacked in chunks. A patch of
+  ``mixer.hook_ssm_state`` at one position is a ``StateEdit``: its effect
+  (h' − h carried by Ā) is added in closed form, without a scan, and in a last Mamba
+  block only the query positions are computed. The source run itself is resumed from
+  the base run where their tokens first differ.
+- *resuming at a block only* (the fallback): rows whose site is outside the blocks
+  (``hook_embed``, ``hook_pos_embed``), every row of a non-causal sweep
+  (``causal=False``) or of a model that already has hooks attached (they would see
+  windows), and every row of a LanguageModel whose blocks cannot resume
+  (no ``resume_hooks``) start from the base run's ``blocks.{l}.hook_resid_pre``
+  (from the tokens for sites outside the blocks) and run the whole sequence; models
+  that are not standard LanguageModels run the full forward. ``resume=False`` turns
+  both kinds of resuming off. Only the metric positions are unembedded.
+
+``EngineResult.stats``: ``rows`` run (``rows_resumed`` of them at a position),
+``rows_total`` and ``forwards``.
 """
 
 from __future__ import annotations
@@ -34,8 +52,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.hook_names import dims_for
+from models.resume import resumable as position_resumable
+from models.resume import resume_hook_names
 from probes.metrics import AnswerSpec, query_logits
 from probes.positions import HookSite, Units, position_axis
+from probes.resumed import resumed_source, run_resumed, stack_units
 
 Reduce = Callable[[Tensor, Tensor], dict[str, Tensor]]  # (logits [R, Q, V], example ids [R]) -> {name: [R]}
 Combine = Callable[[HookSite, Tensor, Tensor], Tensor]  # (site, base values, source values) -> new values
@@ -96,44 +117,79 @@ def run_interventions(
     if len(base_units) != len(source_units):
         raise ValueError("base and source units differ in number")
     b_index, s_index = _pair_units(base_units, source_units, spec.last_position if causal else None)
+    # Hooks already on the model would see resumed windows, not whole sequences: a
+    # model someone is hooking runs whole sequences.
+    pos_resume = resume and causal and position_resumable(model) and not any(
+        hp.listened for hp in model.hook_dict.values())
     resume = resume and resumable(model)
     names = sorted({s.name for s in sites})
     starts = sorted({s.layer for s in sites if s.layer >= 0}) if resume else []
     resid_names = [f"blocks.{l}.hook_resid_pre" for l in starts]
+    resid_names += resume_hook_names(model, edits=any(s.kind == "mixer.hook_ssm_state" for s in sites)) \
+        if pos_resume else []
 
     with torch.no_grad():
-        base_logits, base_cache = model.run_with_cache(base_tokens, names_filter=sorted(set(names + resid_names)))
+        if pos_resume:  # a standard LanguageModel: unembed the queries only
+            last = f"blocks.{len(model.blocks) - 1}.hook_resid_post"
+            _, base_cache = model.run_with_cache(base_tokens, names_filter=sorted(set(names + resid_names + [last])),
+                                                 return_type=None)
+            base_q = model.unembed_resid(query_logits(base_cache[last], spec.query))
+        else:
+            base_logits, base_cache = model.run_with_cache(base_tokens, names_filter=sorted(set(names + resid_names)))
+            base_q = query_logits(base_logits, spec.query)
         if torch.equal(source_tokens, base_tokens):
-            src_logits, src_cache = base_logits, base_cache
+            src_q, src_cache = base_q, base_cache
+        elif pos_resume and source_tokens.shape == base_tokens.shape and all(s.layer >= 0 for s in sites):
+            # The source shares the base's tokens up to a point: resume it there.
+            axes = {s.name: site_pos_axis(s, base_cache[s.name]) for s in sites}
+            read = stack_units(s_index).amax(dim=(0, 2))  # the last source position each example reads
+            src_q, src_cache = resumed_source(model, base_cache.cache_dict, base_tokens, source_tokens, names, axes,
+                                              spec, base_q, read)
         else:
             src_logits, src_cache = model.run_with_cache(source_tokens, names_filter=names)
-        base_q = query_logits(base_logits, spec.query)
+            src_q = query_logits(src_logits, spec.query) if src_logits.shape[1] == base_tokens.shape[1] else None
         if prepare is not None:
-            same_len = src_logits.shape[1] == base_logits.shape[1]
-            prepare(base_q, query_logits(src_logits, spec.query) if same_len else None)
+            prepare(base_q, src_q)
         base = reduce(base_q, torch.arange(n))
         rows = {k: v[None, None].expand(len(sites), len(base_units), n).clone() for k, v in base.items()}
 
         # Rows: (site, unit, example) whose intervention changes something.
-        todo = []  # (site index, unit index, example ids)
+        todo = []  # (site index, unit index, example ids, first changed positions)
+        same_units = all(torch.equal(b, s) for b, s in zip(b_index, s_index))
+        stacked = stack_units(b_index)  # unit batch k
         for i, site in enumerate(sites):
             ax = site_pos_axis(site, base_cache[site.name])
             b_act, s_act = base_cache[site.name].movedim(ax, 1), src_cache[site.name].movedim(ax, 1)
+            if skip_noop and same_units and combine is None and b_act.shape == s_act.shape:
+                # units read where they write: one comparison per position answers them all
+                pos_diff = (b_act != s_act).reshape(*b_act.shape[:2], -1).any(-1).cpu()  # batch L
+                hit = pos_diff[torch.arange(n)[None, :, None], stacked.clamp(min=0)] & (stacked >= 0)
+                firsts = torch.where(hit, stacked, b_act.shape[1]).min(-1).values  # unit batch
+                found = [(u, torch.nonzero(f < b_act.shape[1])[:, 0]) for u, f in enumerate(firsts)]
+                todo.extend((i, u, ex, firsts[u, ex]) for u, ex in found if ex.numel())
+                continue
             for u in range(len(base_units)):
-                ex = _changed(site, b_act, s_act, b_index[u], s_index[u], combine) if skip_noop else \
-                    torch.nonzero((b_index[u] >= 0).any(1))[:, 0]
+                ex, first = _changed(site, b_act, s_act, b_index[u], s_index[u], combine, skip_noop)
                 if ex.numel():
-                    todo.append((i, u, ex))
+                    todo.append((i, u, ex, first))
+        resumed = [t for t in todo if pos_resume and sites[t[0]].layer >= 0]
+        rest = [t[:3] for t in todo if not (pos_resume and sites[t[0]].layer >= 0)]
         order = {l: k for k, l in enumerate(starts)}
-        todo.sort(key=lambda t: (order.get(sites[t[0]].layer, -1), t[0], t[1]))
-        chunks = _chunks(todo, sites, order, chunk_rows or _auto_rows(model, base_tokens[:1], memory_mb))
+        rest.sort(key=lambda t: (order.get(sites[t[0]].layer, -1), t[0], t[1]))
+        row_bytes = _auto_rows(model, base_tokens[:1], 1.0, per_row=True) if todo else 1
+        chunks = _chunks(rest, sites, order, chunk_rows or max(1, int(memory_mb * 2**20 // row_bytes)))
 
         stats = {"rows": sum(int(t[2].numel()) for t in todo), "rows_total": len(sites) * len(base_units) * n,
-                 "forwards": len(chunks)}
-        # model.hooks() (in _run_chunk) detaches its hooks on exit, errors included.
+                 "rows_resumed": sum(int(t[2].numel()) for t in resumed)}
+        # model.hooks() (_run_chunk) and probes.resumed.attached (run_resumed) detach their
+        # hooks on exit, errors included.
         for start, items in tqdm(chunks, desc="patching", unit="chunk", disable=not progress, leave=False):
             _run_chunk(model, start, items, sites, base_tokens, base_cache, src_cache, b_index,
                        s_index, spec, reduce, combine, rows)
+        n_resumed = run_resumed(model, resumed, sites, base_cache.cache_dict, src_cache, b_index, s_index, spec,
+                                base_q, base_cache, reduce, combine, rows, row_bytes / base_tokens.shape[1], memory_mb,
+                                chunk_rows, progress, _writer)
+        stats["forwards"] = len(chunks) + n_resumed
     return EngineResult(rows, base, stats)
 
 
@@ -159,32 +215,43 @@ def site_pos_axis(site: HookSite, act: Tensor) -> int:
 
 
 def _changed(site: HookSite, b_act: Tensor, s_act: Tensor, b_idx: Tensor, s_idx: Tensor,
-             combine: Combine | None) -> Tensor:
-    """Example ids whose values at the unit would change (b_act/s_act: pos axis at 1)."""
+             combine: Combine | None, skip_noop: bool = True) -> tuple[Tensor, Tensor]:
+    """Example ids whose values at the unit would change (b_act/s_act: pos axis at 1;
+    with ``skip_noop=False``: every example with a position in the unit), and the
+    first position where each of them changes (int64, both ``[n]``)."""
     valid = b_idx >= 0
     rows = torch.arange(b_idx.shape[0])[:, None].expand_as(b_idx)
-    old = b_act[rows[valid], b_idx[valid]]
-    new = s_act[rows[valid], s_idx[valid]]
-    if combine is not None:
-        new = combine(site, old, new)
-    differs = (new != old).flatten(1).any(1) if new.ndim > 1 else new != old
-    hit = torch.zeros(b_idx.shape[0], dtype=torch.long).index_add_(0, rows[valid], differs.long())
-    return torch.nonzero(hit > 0)[:, 0]
+    if skip_noop:
+        old = b_act[rows[valid], b_idx[valid]]
+        new = s_act[rows[valid], s_idx[valid]]
+        if combine is not None:
+            new = combine(site, old, new)
+        hit = (new != old).flatten(1).any(1) if new.ndim > 1 else new != old
+    else:
+        hit = torch.ones(int(valid.sum()), dtype=torch.bool)
+    far = b_act.shape[1]
+    first = torch.full((b_idx.shape[0],), far, dtype=torch.long).scatter_reduce_(
+        0, rows[valid], torch.where(hit, b_idx[valid], far), "amin")
+    ex = torch.nonzero(first < far)[:, 0]
+    return ex, first[ex]
 
 
 _ROW_BYTES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _auto_rows(model, one: Tensor, memory_mb: float) -> int:
+def _auto_rows(model, one: Tensor, memory_mb: float, per_row: bool = False) -> int:
     """Rows per forward within ``memory_mb``: 3× the bytes of every hooked value of
     one example (an upper bound: states and patterns included); measured once per
-    model and length. On a CPU, chunks of a few tens of MB ran fastest (they stay in
-    cache: benchmarks/patching.py), hence the small default budget."""
+    model and length (``per_row``: return those bytes instead). On a CPU, chunks of a
+    few tens of MB ran fastest (they stay in cache: benchmarks/patching.py), hence
+    the small default budget."""
     known = _ROW_BYTES.setdefault(model, {})
     if one.shape[1] not in known:
         with torch.no_grad():
             _, cache = model.run_with_cache(one)
         known[one.shape[1]] = 3 * sum(v.numel() * v.element_size() for v in cache.values()) or 1
+    if per_row:
+        return known[one.shape[1]]
     return max(1, int(memory_mb * 2**20 // known[one.shape[1]]))
 
 
@@ -238,9 +305,14 @@ def _cat_padded(parts: list[Tensor]) -> Tensor:
 
 
 def _writer(site: HookSite, sel: Tensor, ex: Tensor, b_idx: Tensor, s_idx: Tensor, src: Tensor,
-            combine: Combine | None):
-    """A forward hook writing source values into rows ``sel`` at ``b_idx``."""
+            combine: Combine | None, offset: Tensor | None = None):
+    """A forward hook writing source values into rows ``sel`` at ``b_idx``; in a
+    resumed forward (``offset``: each row's first computed position, ``[len(sel)]``)
+    at ``b_idx − offset``, positions before the window being left alone."""
     valid = b_idx >= 0
+    if offset is not None:
+        b_idx = b_idx - offset[:, None]
+        valid &= b_idx >= 0
     r = sel[:, None].expand_as(b_idx)[valid]
     e = ex[:, None].expand_as(b_idx)[valid]
     bp, sp = b_idx[valid], s_idx[valid]

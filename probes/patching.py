@@ -13,8 +13,9 @@ other and measures the answer at the query positions (``probes.metrics``):
 Sites are hook names (short names expanded over layers, ``probes.positions``);
 an edit of ``mixer.hook_ssm_state`` propagates to later positions (DESIGN §3) and
 ``memory.hook_write`` edits which tokens B'MOJO keeps. All patches run batched
-(``probes.batched``); ``patching_sweep_reference`` runs one forward per patch and is
-what the batched sweep must equal.
+(``probes.batched``), each from the block and position it patches on (a resumed
+forward from the cached unpatched run: ``probes.resumed``); ``patching_sweep_reference``
+runs one full forward per patch and is what the batched sweep must equal.
 
 Result: ``xarray.DataArray`` with dims ``(metric, hook, layer, pos)`` — or ``role``
 instead of ``pos`` for role units, plus ``batch`` with ``per_example=True``. ``hook``

@@ -1,0 +1,214 @@
+"""Forwards resumed at a block and a position, from a cached unpatched run.
+
+An intervention at block l, position p cannot change anything before p, nor any
+block below l: those values are the unpatched run's. A *resumed forward* computes
+only a window of positions ``start … start + length − 1`` of each row (a row is an
+example of the cached run), from block l on, reading what it needs of the past from
+the cache:
+
+- residual stream: ``blocks.{l}.hook_resid_pre`` over the window (where rows enter);
+- Mamba mixer: the SSM state h at ``start − 1`` (``mixer.hook_ssm_state``) and the
+  short-conv window, x at ``start − d_conv + 1 … start − 1`` (``mixer.hook_x``);
+- attention: keys and values of every position (``attn.hook_k`` / ``hook_v``); the
+  window's own keys are written over them, and a query at t sees keys s ≤ t;
+- B'MOJO memory: fading tokens and writes of every position (``memory.hook_fading``
+  / ``hook_write``), the innovation errors recomputed from the cached block input;
+- Switch MoE: the experts of every position (``moe.hook_expert``), so capacity
+  counts and the length-dependent capacity are those of the whole sequence.
+
+Cheap sequential quantities (innovation running means, B'MOJO memory selection, MoE
+capacity) are recomputed over the whole sequence with the window's values written
+in, then read at the window: the same arithmetic as the full forward.
+
+Hooks fire during a resumed forward with their documented layouts, the position
+axis holding the window's positions only (``pos`` index i is absolute position
+``start + i`` of that row); key axes of attention scores and patterns keep every
+position (columns are absolute, as in a full forward). ``Resume.start`` gives the
+offset to a hook that needs it.
+
+A block supports resuming if it defines ``resume_hooks`` (the hook names, relative
+to the block, its resume reads) and its ``forward(resid, resume=None)`` honours a
+``Resume``. ``resumable(model)`` says whether a model's blocks all do (Mamba,
+Transformer, B'MOJO and MoE-Mamba blocks do). A ``StateEdit`` carried by the resume
+replaces one SSM state per row; the Mamba mixer applies it in closed form, without a
+scan. ``tests/test_resume.py`` holds every resumed forward to the full one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class StateEdit:
+    """The SSM state of mixer ``scope`` (``"blocks.1.mixer."``) replaced at one
+    position per row, as an edit of ``hook_ssm_state`` there would (DESIGN §3):
+    ``position`` int64 ``[R]`` (absolute, at or before the row's window: the window
+    holds the positions read later), ``value`` ``[R, d_inner, d_state]``. The rows
+    must enter at that mixer's block, so its inputs are the cached run's and its output
+    is the cached one plus the edit's effect (closed form, from the cached Δ, C, z, y:
+    ``resume_hook_names(model, edits=True)``).
+
+    A block whose output at t depends on its mixer's output at t alone (a Mamba
+    block: ``local_after_mixer = True``) needs, when it is the last block, only the
+    positions read; any other block needs every position from the edit on."""
+
+    scope: str
+    position: Int[Tensor, " row"]
+    value: Float[Tensor, "row d_inner d_state"]
+
+    def rows(self, n: int) -> "StateEdit":
+        return replace(self, position=self.position[:n], value=self.value[:n])
+
+
+@dataclass(frozen=True)
+class Resume:
+    """The window a resumed forward computes, and the cached run it resumes from.
+
+    ex: int64 ``[R]``, the cached example of each row; start: int64 ``[R]``, the
+    first position computed; length: positions computed per row (the window of a row
+    must lie in ``[0, seq_len)``); cache: full hook name -> unpatched values
+    ``[batch, L, ...]``; scope: the name prefix of the module reading it
+    (``"blocks.0.mixer."``).
+    """
+
+    ex: Int[Tensor, " row"]
+    start: Int[Tensor, " row"]
+    length: int
+    seq_len: int
+    cache: Mapping[str, Tensor]
+    scope: str = ""
+    edit: StateEdit | None = None
+
+    def __post_init__(self) -> None:
+        if self.ex.shape != self.start.shape or self.ex.ndim != 1:
+            raise ValueError(f"Resume: ex {tuple(self.ex.shape)} and start {tuple(self.start.shape)} must be [rows]")
+        if self.start.numel() and (int(self.start.min()) < 0 or int(self.start.max()) + self.length > self.seq_len):
+            raise ValueError(f"Resume: windows of {self.length} positions from {self.start.tolist()} leave "
+                             f"[0, {self.seq_len})")
+
+    def sub(self, name: str) -> "Resume":
+        """The same resume as seen by child module ``name``."""
+        return replace(self, scope=f"{self.scope}{name}.")
+
+    def rows(self, n: int) -> "Resume":
+        """The first n rows."""
+        return replace(self, ex=self.ex[:n], start=self.start[:n], edit=self.edit and self.edit.rows(n))
+
+    @property
+    def own_edit(self) -> StateEdit | None:
+        """The state edit if it belongs to the module reading this resume."""
+        return self.edit if self.edit is not None and self.edit.scope == self.scope else None
+
+    @property
+    def positions(self) -> Int[Tensor, "row window"]:
+        """Absolute position of every computed slot."""
+        return self.start[:, None] + torch.arange(self.length, device=self.start.device)
+
+    def full(self, hook: str) -> Tensor:
+        """The cached values of ``scope + hook`` for the rows: ``[R, L, ...]``."""
+        return self.cache[self.scope + hook][self.ex]
+
+    def window(self, hook: str) -> Tensor:
+        """The cached values of ``scope + hook`` over each row's window: ``[R, length, ...]``."""
+        values = self.cache[self.scope + hook]
+        return values[self.ex[:, None], self.positions]
+
+    def before(self, hook: str, k: int) -> Tensor:
+        """Cached values at positions ``start − k … start − 1``: ``[R, k, ...]``, zero
+        before position 0 (the zero padding of a causal conv, the zero initial state)."""
+        values = self.cache[self.scope + hook]
+        pos = self.start[:, None] - k + torch.arange(k, device=self.start.device)
+        out = values[self.ex[:, None], pos.clamp(min=0)]
+        keep = (pos >= 0).reshape(*pos.shape, *([1] * (out.ndim - 2)))
+        return torch.where(keep, out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+    def scatter(self, full: Tensor, window: Tensor) -> Tensor:
+        """``full [R, L, ...]`` with the window's values ``[R, length, ...]`` written at
+        their positions (a new tensor)."""
+        out = full.clone()
+        out[torch.arange(full.shape[0], device=full.device)[:, None], self.positions] = window.to(out.dtype)
+        return out
+
+    def gather(self, full: Tensor) -> Tensor:
+        """``full [R, L, ...]`` read at each row's window: ``[R, length, ...]``."""
+        return full[torch.arange(full.shape[0], device=full.device)[:, None], self.positions]
+
+    def key_visible(self) -> Tensor:
+        """bool ``[R, length, L]``: causal visibility of absolute key s from window slot t."""
+        keys = torch.arange(self.seq_len, device=self.start.device)
+        return keys[None, None, :] <= self.positions[:, :, None]
+
+
+def resumable(model) -> bool:
+    """Whether ``resume_blocks`` can run this model: a standard ``LanguageModel``
+    (embed -> blocks -> unembed) whose every block supports resuming."""
+    from models.lm import LanguageModel
+
+    blocks = getattr(model, "blocks", None)
+    return (isinstance(model, LanguageModel) and type(model).forward is LanguageModel.forward
+            and type(model).run_blocks is LanguageModel.run_blocks and blocks is not None
+            and all(getattr(b, "resume_hooks", None) is not None and hasattr(b, "hook_resid_pre") for b in blocks))
+
+
+def resume_hook_names(model, edits: bool = False) -> list[str]:
+    """Every hook a resumed forward of ``model`` reads from the cache (``edits``: and
+    what resuming with a ``StateEdit`` reads: the mixers' y, Δ, C and z)."""
+    names = []
+    for l, block in enumerate(model.blocks):
+        names.append(f"blocks.{l}.hook_resid_pre")
+        names.extend(f"blocks.{l}.{h}" for h in block.resume_hooks)
+        if edits and "mixer.hook_ssm_state" in block.resume_hooks:
+            names.extend(f"blocks.{l}.mixer.hook_{h}" for h in ("ssm_out", "delta", "C", "z"))
+    return names
+
+
+def resume_blocks(
+    model,
+    cache: Mapping[str, Tensor],
+    ex: Int[Tensor, " row"],
+    start: Int[Tensor, " row"],
+    length: int,
+    entry: Int[Tensor, " row"],
+    edit: StateEdit | None = None,
+    resid: Float[Tensor, "row window d_model"] | None = None,
+) -> Float[Tensor, "row window d_model"]:
+    """Residual stream after the last block over each row's window.
+
+    Row r enters at block ``entry[r]`` with the cached ``hook_resid_pre`` of that
+    block; rows must be sorted by entry (so the rows active at block l are a prefix
+    of them). ``cache`` holds ``resume_hook_names(model)`` of the unpatched run
+    (``[batch, L, ...]``). Hooks attached to the model fire as in a forward
+    (module docstring: window positions only). ``edit``: an SSM state replaced in
+    every row (``StateEdit``). ``resid``: the residual each row enters with, instead
+    of the cached one (e.g. another input's embedding, for a run that shares the
+    cached one's prefix).
+    """
+    if entry.numel() > 1 and bool((entry[1:] < entry[:-1]).any()):
+        raise ValueError("resume_blocks: rows must be sorted by entry block")
+    some = next(iter(cache.values()))
+    seq_len, device = some.shape[1], some.device
+    ex, start, entry = ex.to(device), start.to(device), entry.to(device)
+    if edit is not None:
+        edit = replace(edit, position=edit.position.to(device))
+    base = Resume(ex, start, length, seq_len, cache, edit=edit)
+    resid_in, resid = resid, None
+    for l, block in enumerate(model.blocks):
+        n = int((entry <= l).sum())
+        if n == 0:
+            continue
+        scoped = replace(base.rows(n), scope=f"blocks.{l}.")
+        n_old = 0 if resid is None else resid.shape[0]
+        if n > n_old:
+            new = resid_in[n_old:n] if resid_in is not None else replace(
+                base, ex=ex[n_old:n], start=start[n_old:n], scope=f"blocks.{l}.", edit=None).window("hook_resid_pre")
+            resid = new if resid is None else torch.cat([resid, new.to(resid.dtype)], dim=0)
+        resid = block(resid, resume=scoped)
+    if resid is None:
+        raise ValueError("resume_blocks: no row enters any block")
+    return resid

@@ -1,0 +1,262 @@
+"""Patch rows run as resumed forwards: only the blocks and positions a patch can change.
+
+A row (site × unit × example) whose first changed position is p and whose site is in
+block l cannot change anything before p nor below l (causality). It is computed by
+``models.resume.resume_blocks``: from block l's cached ``hook_resid_pre``, over the
+window of positions p … q (q: the example's last metric position), with the SSM
+states, conv windows, attention keys and B'MOJO / MoE bookkeeping before p read from
+the unpatched run. Rows are sorted by window length and entry block and stacked in
+chunks, so one resumed forward serves rows of every site, unit and example whose
+windows are about as long; within a chunk every window has the chunk's length and
+is moved left where it would pass the end of the sequence (an earlier start is still
+exact: it only recomputes unchanged positions).
+
+A patch of ``mixer.hook_ssm_state`` at a single position runs as a
+``models.resume.StateEdit`` instead of a hook: the mixer adds the closed-form effect
+C_t·exp(A·Σ_{p<s≤t} Δ_s)·(h' − h) to its cached output, without a scan; when the
+patched block is a last Mamba block (``local_after_mixer``), only the query positions
+are computed. Multi-position state units go through the hook (the scan re-run with
+the edit), as does every other hook.
+
+Logits are read at each row's query positions; a query before its row's window
+cannot be changed by the patch and keeps the unpatched run's logits.
+
+``resumed_source`` runs the source of a patch the same way: from the base run's
+cache, from where the two token sequences first differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from models.resume import StateEdit, resume_blocks
+from probes.metrics import AnswerSpec
+from probes.positions import HookSite
+
+STATE, STATE_HOOK = "mixer.hook_ssm_state", "hook_ssm_state"
+
+
+def run_resumed(
+    model,
+    todo: Sequence[tuple[int, int, Tensor, Tensor]],
+    sites: Sequence[HookSite],
+    cache: Mapping[str, Tensor],
+    src_cache,
+    b_index: Sequence[Tensor],
+    s_index: Sequence[Tensor],
+    spec: AnswerSpec,
+    base_q: Tensor,
+    base_cache,
+    reduce: Callable,
+    combine: Callable | None,
+    rows: dict[str, Tensor],
+    window_bytes: float,
+    memory_mb: float,
+    chunk_rows: int | None,
+    progress: bool,
+    make_writer: Callable,
+) -> int:
+    """Run every (site index, unit index, example ids, first changed positions) item of
+    ``todo`` as resumed forwards and write its metrics into ``rows [site, unit, batch]``.
+
+    cache: ``models.resume.resume_hook_names`` of the base run (``[batch, L, ...]``);
+    window_bytes: bytes per row and window position of a forward (sets the chunk size
+    within ``memory_mb`` unless ``chunk_rows`` is given). Returns the number of
+    forwards run.
+    """
+    if not todo:
+        return 0
+    L = next(iter(cache.values())).shape[1]
+    site = torch.cat([torch.full((t[2].numel(),), t[0]) for t in todo])
+    unit = torch.cat([torch.full((t[2].numel(),), t[1]) for t in todo])
+    ex = torch.cat([t[2] for t in todo])
+    first = torch.cat([t[3] for t in todo])
+    length = (spec.last_position[ex] - first + 1).clamp(min=1)
+    entry = torch.tensor([s.layer for s in sites])[site]
+    # Single-position SSM state patches: a StateEdit (closed form, no scan), per site.
+    editable = torch.cat([torch.full((t[2].numel(),), _editable(sites[t[0]], b_index[t[1]], cache)) for t in todo])
+    b_index, s_index = stack_units(b_index), stack_units(s_index)
+    # A state edit in a last block that mixes no positions after its SSM: only the queries are read.
+    n_blocks = len(model.blocks)
+    if getattr(model.blocks[-1], "local_after_mixer", False):
+        late = editable & (entry == n_blocks - 1)
+        query = spec.query[ex[late]]
+        first[late] = torch.where(query >= first[late][:, None], query, L).min(1).values
+        length = (spec.last_position[ex] - first + 1).clamp(min=1)
+    groups = [(None, torch.nonzero(~editable)[:, 0])]
+    groups += [(i, torch.nonzero(editable & (site == i))[:, 0]) for i in torch.unique(site[editable]).tolist()]
+    forwards = 0
+    for edit_site, members in groups:
+        if not members.numel():
+            continue
+        # Sort by window length, then entry block: chunks of similar windows.
+        order = members[torch.argsort(length[members] * (int(entry.max()) + 1) + entry[members], stable=True)]
+        chunks = _split(length[order], window_bytes, memory_mb, chunk_rows)
+        forwards += len(chunks)
+        for lo, hi in tqdm(chunks, desc="patching (resumed)", unit="chunk", disable=not progress, leave=False):
+            sel = order[lo:hi]
+            sel = sel[torch.argsort(entry[sel], stable=True)]  # rows active in block l are a prefix
+            Ls = int(length[sel].max())
+            start = torch.minimum(first[sel], torch.full_like(first[sel], L - Ls))
+            if edit_site is None:
+                hooks = _writers(site[sel], unit[sel], ex[sel], start, sites, src_cache, b_index, s_index, combine,
+                                 make_writer)
+                edit = None
+            else:
+                hooks = []
+                edit = _state_edit(sites[edit_site], unit[sel], ex[sel], b_index, s_index, src_cache, base_cache,
+                                   combine)
+            with torch.no_grad(), attached(model, hooks):
+                resid = resume_blocks(model, cache, ex[sel], start, Ls, entry[sel], edit=edit)
+            query = spec.query[ex[sel]]
+            logits = _query_logits(model, resid, query - start[:, None], query >= 0, base_q[ex[sel]])
+            for name, v in reduce(logits, ex[sel]).items():
+                rows[name][site[sel], unit[sel], ex[sel]] = v.to(device=rows[name].device, dtype=rows[name].dtype)
+    return forwards
+
+
+def _editable(site: HookSite, unit_index: Tensor, cache: Mapping[str, Tensor]) -> bool:
+    """Whether patches of ``site`` at this unit run as a ``StateEdit``: one position
+    of an SSM state whose mixer's ``hook_ssm_out`` is cached."""
+    return site.kind == STATE and unit_index.shape[1] == 1 and site.name.replace(STATE_HOOK, "hook_ssm_out") in cache
+
+
+@contextmanager
+def attached(model, fwd_hooks: Sequence[tuple[str, Callable]]):
+    """``model.hooks(fwd_hooks=...)`` touching only the named hook points: the hooks
+    are added at a new context level and removed from those points on exit, errors
+    included. (TransformerLens' context resets every hook point of the model on exit:
+    about 1 ms per resumed forward here.)"""
+    model.check_names([name for name, _ in fwd_hooks])
+    model.context_level += 1
+    level, points = model.context_level, []
+    try:
+        for name, fn in fwd_hooks:
+            points.append(model.hook_dict[name])
+            points[-1].add_hook(fn, dir="fwd", level=level)
+        yield model
+    finally:
+        for point in points:
+            point.remove_hooks("fwd", including_permanent=False, level=level)
+        model.context_level -= 1
+
+
+def _state_edit(site: HookSite, unit: Tensor, ex: Tensor, b_index, s_index, src_cache, base_cache,
+                combine: Callable | None) -> StateEdit:
+    """The patch of single-position units of ``hook_ssm_state`` as a ``StateEdit``."""
+    bp, sp = _unit_positions(b_index, unit, ex)[:, 0], _unit_positions(s_index, unit, ex)[:, 0]
+    value = src_cache[site.name][ex, sp]
+    if combine is not None:
+        value = combine(site, base_cache[site.name][ex, bp], value)
+    return StateEdit(site.name[: -len(STATE_HOOK)], bp, value)
+
+
+def _split(length: Tensor, window_bytes: float, memory_mb: float, chunk_rows: int | None
+           ) -> list[tuple[int, int]]:
+    """[lo, hi) chunks of rows sorted by window length, each within the memory budget
+    at its longest window (or ``chunk_rows`` rows)."""
+    chunks, lo, n = [], 0, length.numel()
+    lengths = length.tolist()
+    while lo < n:
+        hi = lo + 1
+        while hi < n:
+            cap = chunk_rows or max(1, int(memory_mb * 2**20 // (window_bytes * lengths[hi])))
+            if hi - lo + 1 > cap:
+                break
+            hi += 1
+        chunks.append((lo, hi))
+        lo = hi
+    return chunks
+
+
+def _writers(site, unit, ex, start, sites, src_cache, b_index, s_index, combine, make_writer) -> list:
+    """One forward hook per site of the chunk, writing its rows at window offsets."""
+    hooks = []
+    for i in torch.unique(site).tolist():
+        mine = torch.nonzero(site == i)[:, 0]
+        b_idx, s_idx = _unit_positions(b_index, unit[mine], ex[mine]), _unit_positions(s_index, unit[mine], ex[mine])
+        hooks.append((sites[i].name, make_writer(sites[i], mine, ex[mine], b_idx, s_idx, src_cache[sites[i].name],
+                                                 combine, offset=start[mine])))
+    return hooks
+
+
+def stack_units(index: Sequence[Tensor]) -> Tensor:
+    """Units' positions ``[k_u]`` per example as one int64 ``[unit, batch, max k]``, -1 padded."""
+    k = max(i.shape[1] for i in index)
+    return torch.stack([torch.nn.functional.pad(i, (0, k - i.shape[1]), value=-1) for i in index])
+
+
+def _unit_positions(stacked: Tensor, unit: Tensor, ex: Tensor) -> Tensor:
+    """int64 ``[rows, k]``: the positions of unit ``unit[r]`` in example ``ex[r]``, -1 padded."""
+    return stacked[unit, ex]
+
+
+def _query_logits(model, resid: Tensor, local: Tensor, valid: Tensor, base_q: Tensor) -> Tensor:
+    """Logits ``[R, Q, vocab]`` at the window offsets ``local`` of the queries; queries
+    before the window (or missing) keep ``base_q``."""
+    inside = (valid & (local >= 0)).to(resid.device)
+    idx = local.clamp(0, resid.shape[1] - 1).to(resid.device)[..., None].expand(-1, -1, resid.shape[-1])
+    logits = model.unembed_resid(resid.gather(1, idx))
+    return torch.where(inside[..., None], logits, base_q.to(logits.dtype))
+
+
+def resumed_source(model, cache: Mapping[str, Tensor], base_tokens: Tensor, source_tokens: Tensor,
+                   names: Sequence[str], axes: Mapping[str, int], spec: AnswerSpec, base_q: Tensor,
+                   read: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """The source run as a forward resumed from the base run where their tokens first
+    differ, up to the last position read: ``(logits at spec.query [batch, Q, vocab],
+    {name: values [batch, L, ...]})``. Before the first difference the values are the
+    base run's (the same tokens); after the window they are the base run's too, and
+    never read. ``axes``: position axis per name; ``read``: int64 ``[batch]``, the last
+    source position a patch reads (-1: none).
+    """
+    n, L = base_tokens.shape
+    differs = (source_tokens != base_tokens).cpu()  # positions are bookkept on the CPU
+    first = torch.where(differs.any(1), differs.int().argmax(1), L)  # L: the same tokens
+    end = torch.maximum(torch.where(spec.last_position >= 0, spec.last_position, L - 1), read)
+    length = end - first.clamp(max=end) + 1
+    full = {name: cache[name].movedim(axes[name], 1).clone() for name in names}
+    logits_q = base_q.clone()
+    seen: dict[str, Tensor] = {}
+
+    def keep(act: Tensor, hook) -> Tensor:
+        seen[hook.name] = act
+        return act
+
+    with torch.no_grad():
+        embedded = model.embed_tokens(source_tokens)
+        for ex in _length_groups(length):
+            Ls = int(length[ex].max())
+            start = torch.minimum(first[ex], torch.full_like(ex, L - Ls))
+            window = start[:, None] + torch.arange(Ls)
+            with attached(model, [(name, keep) for name in names]):
+                resid = resume_blocks(model, cache, ex, start, Ls, torch.zeros_like(ex),
+                                      resid=embedded[ex[:, None], window])
+            # Positions before the first difference are the base run's exactly (recomputing
+            # them would only add rounding noise, and make no-op patches look like changes).
+            fresh = window >= first[ex, None]
+            rows, at = ex[:, None].expand_as(window)[fresh], window[fresh]
+            for name in names:
+                full[name][rows, at] = seen[name].movedim(axes[name], 1)[fresh].to(full[name].dtype)
+            query = spec.query[ex]
+            logits_q[ex] = _query_logits(model, resid, query - start[:, None], query >= 0, base_q[ex]).to(
+                logits_q.dtype)
+    return logits_q, {name: v.movedim(1, axes[name]) for name, v in full.items()}
+
+
+def _length_groups(length: Tensor) -> list[Tensor]:
+    """Example ids in one or two groups by window length: two when padding every window
+    to the longest would cost a quarter more positions than splitting."""
+    order = torch.argsort(length)
+    s = length[order]
+    n, longest = s.numel(), int(s[-1])
+    cost = torch.arange(1, n) * s[:-1] + (n - torch.arange(1, n)) * longest  # split before i
+    if n > 1 and float(cost.min()) * 1.25 < n * longest:
+        i = int(cost.argmin()) + 1
+        return [order[:i], order[i:]]
+    return [order]

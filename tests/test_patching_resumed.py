@@ -1,0 +1,187 @@
+"""The patching sweep on resumed forwards (probes.resumed, models.resume) equals one
+full forward per patch for every model type and hook kind; anchors (100% / 0%),
+roles, the fallbacks (hooks outside the blocks, models that cannot resume, non-causal
+sweeps) and hook hygiene on errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from interp.tasks import make_task
+from models import BMojo, Mamba, MoEMamba, Transformer
+from probes.batched import run_interventions
+from probes.metrics import answer_spec
+from probes.patching import patching_sweep, patching_sweep_reference
+from probes.positions import expand_hooks, resolve_positions
+from test_patching import TASK, _max_diff, _no_hooks_left, requery, sharpen
+
+
+@pytest.fixture(scope="module")
+def batches():
+    task = make_task("ar", **TASK)
+    clean = task.sample(6, 0)
+    return clean, requery(clean)
+
+
+def _bmojo(vocab):
+    model = BMojo(vocab_size=vocab, d_model=16, n_layers=2, n_heads=2, window=3, memory_size=2, threshold=1.0,
+                  d_state=4)
+    with torch.no_grad():  # some tokens written, some not
+        for block in model.blocks:
+            block.memory.W_p.normal_(0, 0.4)
+    return model
+
+
+def _moe(vocab):
+    model = MoEMamba(vocab_size=vocab, d_model=16, n_layers=2, n_experts=4, capacity_factor=1.0, d_state=4)
+    with torch.no_grad():  # sharp routing: experts overflow their capacity
+        for block in model.blocks:
+            block.moe.router.weight.normal_(0, 2.0)
+    return model
+
+
+CASES = {
+    "mamba": (lambda v: Mamba(vocab_size=v, d_model=16, n_layers=2, d_state=4), "resid_pre,ssm_state,mixer.hook_x"),
+    "transformer": (lambda v: Transformer(vocab_size=v, d_model=16, n_layers=2, n_heads=2, n_ctx=32),
+                    "resid_pre,attn.hook_out,attn.hook_pattern,attn.hook_k"),
+    "transformer_rotary": (lambda v: Transformer(vocab_size=v, d_model=16, n_layers=2, n_heads=2,
+                                                 positional="rotary"), "resid_pre,attn.hook_z,attn.hook_v"),
+    "bmojo": (_bmojo, "resid_pre,ssm_state,memory.hook_write,attn.hook_pattern,attn.hook_k"),
+    "moe_mamba": (_moe, "resid_pre,ssm_state,moe.hook_expert_out,moe.hook_expert"),
+}
+
+
+def build(kind, vocab):
+    torch.manual_seed(0)
+    return sharpen(CASES[kind][0](vocab))
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_resumed_sweep_equals_one_forward_per_patch(kind, direction, batches):
+    clean, corr = batches
+    model = build(kind, clean.vocab_size)
+    hooks = CASES[kind][1]
+    ref = patching_sweep_reference(model, clean, corr, hooks, "all", direction=direction)
+    fast = patching_sweep(model, clean, corr, hooks, "all", direction=direction, chunk_rows=13, progress=False)
+    assert fast.attrs["engine_rows_resumed"] == fast.attrs["engine_rows"] > 0  # every row resumed
+    assert np.nanmax(np.abs(fast.sel(metric="restored").values)) > 0.05  # something to compare
+    assert _max_diff(fast, ref) < 1e-5
+    assert _no_hooks_left(model)
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_roles_and_multi_position_units(kind, batches):
+    """Units by role, several positions at once ("key": an SSM state edited at many
+    positions goes through the hook, not the closed form), and "*"."""
+    clean, corr = batches
+    model = build(kind, clean.vocab_size)
+    units = ["queried_key", "queried_value", "query", "last", "key", "value[1]", "*", (3, 7)]
+    hooks = CASES[kind][1]
+    ref = patching_sweep_reference(model, clean, corr, hooks, units)
+    fast = patching_sweep(model, clean, corr, hooks, units, chunk_rows=7, progress=False)
+    assert fast.dims == ("metric", "hook", "layer", "role")
+    assert _max_diff(fast, ref) < 1e-5
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_self_patch_restores_everything_and_nothing_restores_nothing(kind, batches):
+    clean, corr = batches
+    model = build(kind, clean.vocab_size)
+    res = patching_sweep(model, clean, corr, "resid_pre", "*", progress=False)
+    assert res.attrs["engine_rows_resumed"] > 0
+    assert np.allclose(res.sel(metric="restored").values, 1.0, atol=1e-5)
+    assert np.allclose(res.sel(metric="kl").values, 0.0, atol=1e-6)
+    noised = patching_sweep(model, clean, corr, "resid_pre", "*", direction="noise", progress=False)
+    assert np.allclose(noised.sel(metric="restored").values, 0.0, atol=1e-5)
+    none = patching_sweep(model, clean, corr, "resid_pre", [(), 0, 1], progress=False)
+    assert np.array_equal(none.sel(metric="restored").values, np.zeros((1, 2, 3)))
+
+
+def test_hooks_outside_the_blocks_fall_back(batches):
+    """hook_embed (no block to resume at) runs the full forward; the rest resumes."""
+    clean, corr = batches
+    model = build("transformer", clean.vocab_size)
+    hooks = "hook_embed,hook_pos_embed,resid_pre"
+    ref = patching_sweep_reference(model, clean, corr, hooks, "all")
+    fast = patching_sweep(model, clean, corr, hooks, "all", progress=False)
+    assert 0 < fast.attrs["engine_rows_resumed"] < fast.attrs["engine_rows"]
+    assert _max_diff(fast, ref) < 1e-5
+
+
+def test_models_that_cannot_resume_fall_back(batches):
+    """A model with a forward of its own is run whole (blocks resumed only when it is a
+    standard LanguageModel); a non-causal sweep never resumes at a position."""
+    clean, corr = batches
+
+    class Doubled(Mamba):
+        def forward(self, tokens, **kw):
+            return super().forward(tokens, **kw) * 2
+
+    torch.manual_seed(0)
+    model = sharpen(Doubled(vocab_size=clean.vocab_size, d_model=16, n_layers=2, d_state=4))
+    ref = patching_sweep_reference(model, clean, corr, "resid_pre,ssm_state", "all")
+    fast = patching_sweep(model, clean, corr, "resid_pre,ssm_state", "all", progress=False)
+    assert fast.attrs["engine_rows_resumed"] == 0 and _max_diff(fast, ref) < 1e-5
+    plain = build("mamba", clean.vocab_size)
+    res = patching_sweep(plain, clean, corr, "resid_pre", "all", causal=False, progress=False)
+    assert res.attrs["engine_rows_resumed"] == 0
+    assert _max_diff(res, patching_sweep_reference(plain, clean, corr, "resid_pre", "all")) < 1e-5
+
+
+def test_hooks_detached_after_an_error_in_a_resumed_forward(batches):
+    clean, corr = batches
+    model = build("bmojo", clean.vocab_size)
+    spec = answer_spec(clean, corr)
+    sites = expand_hooks(model, "attn.hook_z")
+    units = resolve_positions("all", corr)
+    inside = []
+
+    def boom(site, base, source):
+        inside.append(not _no_hooks_left(model))
+        if inside[-1]:  # called by a patch hook: inside a resumed forward
+            raise RuntimeError("boom")
+        return source
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_interventions(model, corr.tokens, clean.tokens, spec, sites, units, units,
+                          lambda logits, ex: {"x": logits[:, 0, 0]}, combine=boom, progress=False)
+    assert inside[-1] and not any(inside[:-1])
+    assert _no_hooks_left(model)
+
+
+def test_source_read_after_the_last_query(batches):
+    """Interchange-style units (base position 3 <- source position 12, after the query
+    at 10): the resumed source run must reach position 12."""
+    clean, corr = batches
+    model = build("mamba", clean.vocab_size)
+    spec = answer_spec(clean, corr)
+    sites = expand_hooks(model, "resid_pre,ssm_state")
+    base_units, source_units = resolve_positions([3, 5], corr), resolve_positions([12, 11], corr)
+    reduce = lambda logits, ex: {"logit": logits[:, 0].gather(-1, spec.answer[ex, :1])[:, 0]}  # noqa: E731
+    got = [run_interventions(model, corr.tokens, clean.tokens, spec, sites, base_units, source_units, reduce,
+                             resume=resume, progress=False) for resume in (True, False)]
+    assert got[0].stats["rows_resumed"] > 0 and got[1].stats["rows_resumed"] == 0
+    assert torch.allclose(got[0].rows["logit"], got[1].rows["logit"], atol=1e-5)
+
+
+def test_a_model_with_hooks_attached_runs_whole_sequences(batches):
+    """A hook the user left on the model (an ablation applied to every run) would see
+    resumed windows: the sweep falls back, and still equals the reference."""
+    clean, corr = batches
+    model = build("mamba", clean.vocab_size)
+
+    def ablate(delta, hook):
+        delta = delta.clone()
+        delta[:, 3] = 0
+        return delta
+
+    model.add_hook("blocks.0.mixer.hook_delta", ablate)
+    try:
+        ref = patching_sweep_reference(model, clean, corr, "resid_pre,ssm_state", "all")
+        model.add_hook("blocks.0.mixer.hook_delta", ablate)  # the reference's context reset it
+        fast = patching_sweep(model, clean, corr, "resid_pre,ssm_state", "all", progress=False)
+        assert fast.attrs["engine_rows_resumed"] == 0
+        assert _max_diff(fast, ref) < 1e-5
+    finally:
+        model.reset_hooks()

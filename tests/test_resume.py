@@ -1,0 +1,185 @@
+"""Resumed forwards (models.resume): a window of positions from a block on, from a
+cached run, equals the full forward there — for every model type, with hooks firing
+on the window, and with an SSM state edit in closed form equal to the hook edit."""
+
+import pytest
+import torch
+
+from models import BMojo, Mamba, MoEMamba, Transformer
+from models.lm import LanguageModel
+from models.resume import StateEdit, resumable, resume_blocks, resume_hook_names
+
+V, L = 24, 13
+
+
+def _mixed_writes(model):
+    """A trained-looking innovation predictor: some tokens written, some not."""
+    with torch.no_grad():
+        for block in model.blocks:
+            block.memory.W_p.normal_(0, 0.4)
+    return model
+
+
+def _sharp_router(model):
+    """Router logits large enough that one expert overflows its capacity."""
+    with torch.no_grad():
+        for block in model.blocks:
+            block.moe.router.weight.normal_(0, 2.0)
+    return model
+
+
+MODELS = {
+    "mamba": lambda: Mamba(vocab_size=V, d_model=16, n_layers=2, d_state=4),
+    "transformer": lambda: Transformer(vocab_size=V, d_model=16, n_layers=2, n_heads=2, n_ctx=32),
+    "transformer_rotary": lambda: Transformer(vocab_size=V, d_model=16, n_layers=2, n_heads=2, positional="rotary"),
+    "bmojo": lambda: _mixed_writes(BMojo(vocab_size=V, d_model=16, n_layers=2, n_heads=2, window=3, memory_size=2,
+                                         threshold=1.0, d_state=4)),
+    "bmojo_no_ssm": lambda: _mixed_writes(BMojo(vocab_size=V, d_model=16, n_layers=2, n_heads=2, window=3,
+                                                memory_size=2, threshold=1.0, use_ssm=False)),
+    "moe_mamba": lambda: _sharp_router(MoEMamba(vocab_size=V, d_model=16, n_layers=2, n_experts=4,
+                                                capacity_factor=1.0, d_state=4)),
+}
+
+
+def build(kind):
+    torch.manual_seed(0)
+    return MODELS[kind]().eval()
+
+
+def tokens(n=3, seed=1):
+    return torch.randint(0, V, (n, L), generator=torch.Generator().manual_seed(seed))
+
+
+# Rows: example, first position, entry block (sorted by entry).
+EX = torch.tensor([0, 1, 2, 2, 0, 1])
+START = torch.tensor([0, 3, 8, 2, 6, 5])
+ENTRY = torch.tensor([0, 0, 0, 1, 1, 1])
+LS = 5
+
+
+def _at_windows(full, ex=EX, start=START, length=LS):
+    return full[ex[:, None], start[:, None] + torch.arange(length)]
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize("explicit", [False, True])
+def test_resumed_blocks_equal_the_full_forward(kind, explicit):
+    model = build(kind)
+    assert resumable(model)
+    toks = tokens()
+    last = f"blocks.{len(model.blocks) - 1}.hook_resid_post"
+    listen = [n for n in model.hook_dict if n.endswith("attn.hook_pattern")] if explicit else []
+    shapes = []
+
+    def keep(act, hook):  # a listener: attention takes its explicit path
+        shapes.append(tuple(act.shape))
+        return act
+
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks, names_filter=resume_hook_names(model, edits=True) + [last])
+        with model.hooks(fwd_hooks=[(n, keep) for n in listen]):
+            out = resume_blocks(model, cache.cache_dict, EX, START, LS, ENTRY)
+    if explicit and listen:  # pattern [rows, head, window, every key (+ B'MOJO's fading column)]
+        extra = 1 if kind.startswith("bmojo") else 0
+        assert shapes == [(3, 2, LS, L + extra), (6, 2, LS, L + extra)]
+    if kind.startswith("bmojo"):
+        w = cache["blocks.1.memory.hook_write"]
+        assert 0 < float(w.mean()) < 1, "the test needs some tokens written and some not"
+    if kind == "moe_mamba":
+        _, c = model.run_with_cache(toks, names_filter="blocks.0.moe.hook_drop")
+        assert float(c["blocks.0.moe.hook_drop"].sum()) > 0, "the test needs tokens over capacity"
+    assert torch.allclose(out, _at_windows(cache[last]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mamba", "transformer_rotary", "bmojo", "moe_mamba"])
+def test_hooks_fire_on_the_window_and_edits_propagate(kind):
+    """A hook on a resumed forward sees [rows, window, ...]; an edit there at window
+    slot k equals the same edit at position start + k of a full forward."""
+    model = build(kind)
+    toks = tokens()
+    name, last = "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"
+    ex, start, entry = torch.tensor([0, 2]), torch.tensor([4, 7]), torch.tensor([1, 1])
+    bump = torch.randn(16)
+    seen = []
+
+    def edit_window(act, hook):
+        seen.append(tuple(act.shape))
+        act = act.clone()
+        act[:, 1] += bump  # absolute positions 5 and 8
+        return act
+
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks, names_filter=resume_hook_names(model))
+        with model.hooks(fwd_hooks=[(name, edit_window)]):
+            out = resume_blocks(model, cache.cache_dict, ex, start, 4, entry)
+        refs = []
+        for e, p in ((0, 5), (2, 8)):
+            def edit_full(act, hook, p=p):
+                act = act.clone()
+                act[:, p] += bump
+                return act
+            with model.hooks(fwd_hooks=[(name, edit_full)]):
+                _, c = model.run_with_cache(toks[e : e + 1], names_filter=last)
+            refs.append(c[last][0, p - 1 : p + 3])
+    assert seen == [(2, 4, 16)]
+    assert torch.allclose(out, torch.stack(refs), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_state_edit_equals_the_hook_edit(layer):
+    """StateEdit (closed form, no scan) == replacing hook_ssm_state at p in a full forward.
+    In the last Mamba block the window may start after p (only later positions read)."""
+    model = build("mamba")
+    toks = tokens()
+    site = f"blocks.{layer}.mixer.hook_ssm_state"
+    p = torch.tensor([2, 6])
+    ex = torch.tensor([0, 1])
+    value = torch.randn(2, 32, 4)
+    start = p if layer == 0 else p + 3  # last block: a later window is enough
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks, names_filter=resume_hook_names(model, edits=True))
+        out = resume_blocks(model, cache.cache_dict, ex, start, 4, torch.full((2,), layer),
+                            edit=StateEdit(f"blocks.{layer}.mixer.", p, value))
+        refs = []
+        for r in range(2):
+            def put(h, hook, r=r):
+                h = h.clone()
+                h[:, int(p[r])] = value[r]
+                return h
+            with model.hooks(fwd_hooks=[(site, put)]):
+                _, c = model.run_with_cache(toks[ex[r] : ex[r] + 1], names_filter="blocks.1.hook_resid_post")
+            refs.append(c["blocks.1.hook_resid_post"][0, int(start[r]) : int(start[r]) + 4])
+    assert torch.allclose(out, torch.stack(refs), atol=1e-5, rtol=1e-4)
+
+
+def test_state_edit_refuses_a_hook_on_the_state():
+    model = build("mamba")
+    toks = tokens()
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks, names_filter=resume_hook_names(model, edits=True))
+        with model.hooks(fwd_hooks=[("blocks.0.mixer.hook_ssm_state", lambda h, hook: h)]), \
+                pytest.raises(ValueError, match="StateEdit"):
+            resume_blocks(model, cache.cache_dict, torch.tensor([0]), torch.tensor([2]), 3, torch.tensor([0]),
+                          edit=StateEdit("blocks.0.mixer.", torch.tensor([2]), torch.zeros(1, 32, 4)))
+    assert all(not hp._forward_hooks for hp in model.hook_dict.values())
+
+
+def test_windows_and_entries_are_checked():
+    model = build("mamba")
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens(), names_filter=resume_hook_names(model))
+        with pytest.raises(ValueError, match="leave"):
+            resume_blocks(model, cache.cache_dict, torch.tensor([0]), torch.tensor([10]), 4, torch.tensor([0]))
+        with pytest.raises(ValueError, match="sorted"):
+            resume_blocks(model, cache.cache_dict, torch.tensor([0, 1]), torch.tensor([0, 0]), 2,
+                          torch.tensor([1, 0]))
+
+
+def test_models_without_resume_support_say_so():
+    class Custom(Mamba):
+        def forward(self, tokens, **kw):  # a forward of its own: resuming would skip it
+            return super().forward(tokens, **kw) * 2
+
+    assert not resumable(Custom(vocab_size=V, d_model=16, n_layers=1, d_state=4))
+    assert not resumable(torch.nn.Linear(2, 2))
+    assert isinstance(build("mamba"), LanguageModel) and resumable(build("mamba"))
