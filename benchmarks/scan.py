@@ -5,6 +5,9 @@
     python benchmarks/scan.py --bench            # the full table -> benchmarks/RESULTS.md
     python benchmarks/scan.py --sweep            # launch-plan variants of the Triton kernels
     python benchmarks/scan.py --precompile 8     # compile every benchmarked kernel, 8 processes
+    python benchmarks/scan.py --bench --core --modes none,all --shapes 0   # a subset, Triton only
+    python benchmarks/scan.py --bench --triton-only      # every row, Triton column only
+    python benchmarks/scan.py --sweep --fwd-only --shapes 0 --variants "n_seg=8;T=8,n_seg=16"
 
 Timings are medians of ``triton.testing.do_bench`` (CUDA events, after warm-up, L2
 flushed between runs); slow baselines (the ``torch`` backend, the sequential loop)
@@ -224,21 +227,21 @@ def cmd_check():
     return ok
 
 
-def cmd_bench(results_path, quick, core=False):
+def cmd_bench(results_path, quick, core=False, modes=None, shapes=None, triton_only=False):
     bw = measure_bandwidth()
     dev = torch.cuda.get_device_name()
     print(f"device {dev}; copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
     gen = torch.Generator(device="cuda").manual_seed(0)
     rows = []
-    for shape in SHAPES:
+    for shape in shapes or SHAPES:
         for dtype in (torch.bfloat16,) if core else (torch.bfloat16, torch.float32):
-            for mode in ("none", "pos64") if core else MODES:
+            for mode in modes or (("none", "pos64") if core else MODES):
                 for bwd in (False, True):
                     x, kw = make_inputs(shape, dtype, mode, bwd, gen)
                     row = dict(shape=shape, dtype=str(dtype)[6:], mode=mode, bwd=bwd,
                                floor=traffic_bytes(shape, dtype, mode, bwd) / bw * 1e3)
                     gout = grads_for(x, kw, "triton") if bwd else None
-                    for impl in ("triton",) if core else ("triton", "torch", "loop"):
+                    for impl in ("triton",) if core or triton_only else ("triton", "torch", "loop"):
                         if quick and impl == "loop" and mode != "none":
                             continue
                         fn = fwdbwd_fn(x, kw, impl, gout) if bwd else fwd_fn(x, kw, impl)
@@ -309,19 +312,27 @@ def cmd_precompile(workers):
     return all(p.wait() == 0 for p in procs)
 
 
-def cmd_sweep(variants):
+def cmd_sweep(variants, shapes=None, fwd_only=False):
     """Triton forward and forward+backward (bf16, no states) under plan overrides."""
     gen = torch.Generator(device="cuda").manual_seed(1)
-    for shape in SHAPES:
+    for shape in shapes or SHAPES:
         for ov in variants:
             with triton_scan.override_plan(**ov):
                 p = triton_scan.plan(shape[0], shape[1], shape[2], shape[3], 1, torch.device("cuda"))
                 x, kw = make_inputs(shape, torch.bfloat16, "none", False, gen)
                 f = time_fast(fwd_fn(x, kw, "triton"))
-                x, kw = make_inputs(shape, torch.bfloat16, "none", True, gen)
-                fb = time_fast(fwdbwd_fn(x, kw, "triton", grads_for(x, kw, "triton")))
+                fb = float("nan")
+                if not fwd_only:
+                    x, kw = make_inputs(shape, torch.bfloat16, "none", True, gen)
+                    fb = time_fast(fwdbwd_fn(x, kw, "triton", grads_for(x, kw, "triton")))
             print(f"sweep {shape} {ov} -> n_seg={p.n_seg} T={p.T} T_bwd={p.T_bwd}: fwd {f:.3f} ms, "
                   f"fwd+bwd {fb:.3f} ms", flush=True)
+
+
+def parse_variants(spec):
+    """'n_seg=1;n_seg=8,T=8' -> [{'n_seg': 1}, {'n_seg': 8, 'T': 8}]."""
+    return [{k: int(v) for k, v in (kv.split("=") for kv in part.split(",") if kv)} if part else {}
+            for part in spec.split(";")]
 
 
 # -------------------------------------------------------------------------- report
@@ -407,6 +418,11 @@ def main():
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--quick", action="store_true", help="time the sequential loop on the 'none' rows only")
     ap.add_argument("--core", action="store_true", help="bf16, no states and 64 positions, Triton only")
+    ap.add_argument("--modes", default=None, help="comma list of modes to bench (default: per --core)")
+    ap.add_argument("--triton-only", action="store_true", help="--bench: time the Triton kernels only")
+    ap.add_argument("--shapes", default=None, help="comma list of indices into SHAPES (default: all)")
+    ap.add_argument("--variants", default=None, help="plan overrides for --sweep, e.g. 'n_seg=1;n_seg=8,T=8'")
+    ap.add_argument("--fwd-only", action="store_true", help="--sweep: forward only")
     ap.add_argument("--precompile", type=int, default=0, metavar="N", help="compile every kernel in N processes")
     ap.add_argument("--warm", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--results", default=str(ROOT / "benchmarks/RESULTS.md"))
@@ -424,11 +440,15 @@ def main():
         ok &= cmd_tests(args.tests)
     if args.check:
         ok &= cmd_check()
+    shapes = [SHAPES[int(i)] for i in args.shapes.split(",")] if args.shapes else None
     if args.sweep:
-        cmd_sweep([{}, dict(n_seg=1), dict(n_seg=2), dict(n_seg=4), dict(n_seg=8), dict(n_seg=16),
-                   dict(n_seg=32), dict(T_bwd=4), dict(num_warps=2), dict(T=8)])
+        variants = parse_variants(args.variants) if args.variants else [
+            {}, dict(n_seg=1), dict(n_seg=2), dict(n_seg=4), dict(n_seg=8), dict(n_seg=16), dict(n_seg=32),
+            dict(T_bwd=4), dict(num_warps=2), dict(T=8)]
+        cmd_sweep(variants, shapes, args.fwd_only)
     if args.bench:
-        cmd_bench(args.results, args.quick, args.core)
+        cmd_bench(args.results, args.quick, args.core, args.modes.split(",") if args.modes else None, shapes,
+                  args.triton_only)
     sys.exit(0 if ok else 1)
 
 

@@ -14,11 +14,15 @@ g_t = ∂loss/∂h_t is run backwards:
 
 Sums over channels (dB, dC) are per program partials, summed by the caller; dA, dD
 and dbias partials are per (batch, segment). No atomics: results are deterministic.
+Within a warp, with n = 16 on compiled kernels, the per-step sums over its 32
+channels are transposing butterflies (``_lane_sum16``: 16 shuffles, not 80).
 
 Layout note: state-shaped addresses use ``n`` times a stride ``sn`` (= 1) that is not
 specialized, so the compiler cannot vectorize them along n. Otherwise it gives those
 loads and stores (and, through them, the loop-carried accumulators) a layout with n
-spread over lanes, which costs a shared-memory conversion every step.
+spread over lanes, which costs a shared-memory conversion every step. EVEN calls go
+further: every state-shaped access goes through the forward's 16-byte helpers, and
+the input tiles are loaded a chunk ahead, as in the forward.
 Segments (long L, few channels) first run ``_bwd_summary_kernel``: each segment's
 adjoint map g_in = P ⊙ g_out + G, folded by the earlier segments.
 """
@@ -29,7 +33,49 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_fwd import _SIZES, LOG2E, _chunk_dt
+from kernels.triton_fwd import (_SIZES, LOG2E, _chunk_dt, _dt_of, _flags, _load_idx, _load_row, _load_state,
+                                _load_tile, _store_state)
+
+
+@triton.jit
+def _halve(x, lane, BIT: tl.constexpr):
+    """One level of a transposing butterfly sum over lanes. x ``[2m, BD]`` (rows in the
+    thread, one channel per lane) -> ``[m, BD]``: row i of a lane whose bit BIT is clear
+    is x[2i] plus its partner's x[2i]; if set, x[2i + 1] plus the partner's. Adjacent
+    rows are paired so that the split needs no reordering of the thread's registers."""
+    lo, hi = tl.split(tl.permute(tl.reshape(x, [x.shape[0] // 2, 2, x.shape[1]]), [0, 2, 1]))
+    up = ((lane >> BIT) & 1) == 1
+    recv = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, $2, 0x1f, -1;", "=f,f,r",
+                                     [tl.where(up, lo, hi), tl.full([1, 1], 1 << BIT, tl.int32)],
+                                     dtype=tl.float32, is_pure=True, pack=1)
+    return tl.where(up, hi, lo) + recv
+
+
+@triton.jit
+def _lane_sum16(x, lane):
+    """Σ over the 32 lanes of x ``[16, 32]`` -> ``[1, 32]``: lane c holds the sum of row
+    ``_lane_row16(c)``. 16 shuffles and 16 adds, where tl.sum(x, 1) takes 80 of each
+    (it reduces each of the 16 rows over all lanes and keeps every result everywhere)."""
+    y = _halve(_halve(_halve(_halve(x, lane, 4), lane, 3), lane, 2), lane, 1)
+    return y + tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 1, 0x1f, -1;", "=f,f", [y],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _lane_row16(lane):
+    """The row whose sum ``_lane_sum16`` leaves in each lane: bits 4, 3, 2, 1 of the lane
+    chose the low or high row of each pair, from the lowest bit of the row up."""
+    return ((lane >> 4) & 1) + ((lane >> 3) & 1) * 2 + ((lane >> 2) & 1) * 4 + ((lane >> 1) & 1) * 8
+
+
+@triton.jit
+def _store_lane_sum(ptr, base, x, nn, lane, sn, n, t_ok, LANES: tl.constexpr):
+    """Store Σ over channels of x ``[NP, BD]`` (a row of dB or dC) at ptr + base + n."""
+    if LANES:
+        tl.store(ptr + base + _lane_row16(lane) * sn, _lane_sum16(x, lane), mask=((lane & 1) == 0) & t_ok)
+    else:
+        xs = tl.sum(x, axis=1, keep_dims=True)  # [NP, 1]: a sum across the threads
+        tl.store(ptr + base + nn[:, None] * sn, xs, mask=(nn[:, None] < n) & t_ok)
 
 
 @triton.jit(do_not_specialize=_SIZES + ['sn'])
@@ -38,7 +84,7 @@ def _bwd_summary_kernel(
     L, d, n, g, r, sn, seg_len, n_seg, n_st,
     BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_DST: tl.constexpr, HAS_OV: tl.constexpr,
+    HAS_DST: tl.constexpr, HAS_OV: tl.constexpr, EVEN: tl.constexpr, VEC: tl.constexpr,
 ):
     """Grid (g·blocks, b, n_seg - 1) for segments 1..n_seg-1: G is the adjoint that
     reaches h_{start-1} from inside the segment, P = Π a_t (0 with an override)."""
@@ -53,10 +99,11 @@ def _bwd_summary_kernel(
     nn = tl.arange(0, NP)
     nmask = nn < n
     tt3 = tl.arange(0, T)[:, None, None]
+    one = tl.zeros([1, 1], dtype=tl.int32)
     dn = d * n
     off_dn = ch[None, :] * n + nn[:, None] * sn
     m_dn = cmask[None, :] & nmask[:, None]
-    A2 = tl.load(A_ptr + off_dn, mask=m_dn, other=0.0) * LOG2E
+    A2 = _load_state(A_ptr, 0, off_dn, one == 0, m_dn, VEC) * LOG2E
     bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0)[None, None, :] if HAS_BIAS else 0.0
 
     gc = tl.zeros([NP, BD], dtype=tl.float32)
@@ -67,42 +114,65 @@ def _bwd_summary_kernel(
     n_chunks = tl.cdiv(seg_end - seg_start, T)
     x_base = pid_b * L * d
     bc_base = pid_b * L * g * n + grp * n
+    t0 = seg_start + (n_chunks - 1) * T  # tiles a chunk ahead, as in _bwd_kernel
+    dl_nx = _load_tile(dl_ptr, x_base, t0, tt3, ch, cmask, d, L, EVEN)
+    do_nx = _load_tile(dout_ptr, x_base, t0, tt3, ch, cmask, d, L, EVEN)
+    if HAS_Z:
+        z_nx = _load_tile(z_ptr, x_base, t0, tt3, ch, cmask, d, L, EVEN)
+    if HAS_OV:
+        oi_nx = _load_idx(ovidx_ptr, t0, tt3, seg_end)
+    if HAS_DST:
+        si_nx = _load_idx(sidx_ptr, t0, tt3, seg_end)
     for i in range(0, n_chunks):
         t0 = seg_start + (n_chunks - 1 - i) * T
+        t_nx = tl.maximum(t0 - T, 0)
+        dl_raw = dl_nx
+        do_raw = do_nx
+        if HAS_OV:
+            oi = oi_nx
+            oi_nx = _load_idx(ovidx_ptr, t_nx, tt3, seg_end)
+        if HAS_DST:
+            si = si_nx
+            si_nx = _load_idx(sidx_ptr, t_nx, tt3, seg_end)
+        dl_nx = _load_tile(dl_ptr, x_base, t_nx, tt3, ch, cmask, d, L, EVEN)
+        do_nx = _load_tile(dout_ptr, x_base, t_nx, tt3, ch, cmask, d, L, EVEN)
+        if HAS_Z:
+            z_raw = z_nx
+            z_nx = _load_tile(z_ptr, x_base, t_nx, tt3, ch, cmask, d, L, EVEN)
         tv3 = t0 + tt3
         tm3 = tv3 < seg_end
-        x_off = x_base + tv3 * d + ch[None, None, :]
         m_x = tm3 & cmask[None, None, :]
-        dt, dl = _chunk_dt(dl_ptr, bias, x_off, m_x, SOFTPLUS, HAS_BIAS)
+        dt, dl = _dt_of(dl_raw, bias, m_x, SOFTPLUS, HAS_BIAS, EVEN)
         sdt += tl.sum(dt, axis=0)
-        dy = tl.load(dout_ptr + x_off, mask=m_x, other=0.0).to(tl.float32)
+        dy = do_raw.to(tl.float32)
+        if not EVEN:
+            dy = tl.where(m_x, dy, 0.0)
         if HAS_Z:
-            zz = tl.load(z_ptr + x_off, mask=m_x, other=0.0).to(tl.float32)
+            zz = z_raw.to(tl.float32)
             dy = dy * zz * tl.sigmoid(zz)
         if HAS_OV:
-            oi = tl.load(ovidx_ptr + tv3, mask=tm3, other=-1)
             any_ov = tl.maximum(any_ov, tl.max(oi, axis=0))
-        if HAS_DST:
-            si = tl.load(sidx_ptr + tv3, mask=tm3, other=-1)
         for kk in tl.static_range(T):
             k = T - 1 - kk
             sel = tt3 == k
-            bc_off = bc_base + tl.minimum(t0 + k, L - 1) * (g * n) + nn[:, None]
-            Ck = tl.load(C_ptr + bc_off, mask=nmask[:, None], other=0.0).to(tl.float32)
+            if EVEN:
+                Ck = _load_row(C_ptr, bc_base + (t0 + k) * (g * n), nn, VEC)
+            else:
+                bc_off = bc_base + tl.minimum(t0 + k, L - 1) * (g * n) + nn[:, None]
+                Ck = tl.load(C_ptr + bc_off, mask=nmask[:, None], other=0.0).to(tl.float32)
             gk = gc + tl.sum(tl.where(sel, dy, 0.0), axis=0) * Ck
             if HAS_DST:
                 sk = tl.sum(tl.where(sel, si, 0), axis=0)
-                s_off = (pid_b * n_st + tl.maximum(sk, 0)) * dn + off_dn
-                gk += tl.load(dst_ptr + s_off, mask=(sk >= 0) & m_dn, other=0.0).to(tl.float32)
+                gk += _load_state(dst_ptr, (pid_b * n_st + tl.maximum(sk, 0)) * dn, off_dn, sk >= 0, m_dn, VEC)
             if HAS_OV:
                 gk = tl.where(tl.sum(tl.where(sel, oi, 0), axis=0) >= 0, 0.0, gk)
             gc = tl.exp2(tl.sum(tl.where(sel, dt, 0.0), axis=0) * A2) * gk
     P = tl.exp2(A2 * sdt)
     if HAS_OV:
         P = tl.where(any_ov >= 0, 0.0, P)
-    s_off = (pid_b * n_seg + pid_s) * dn + off_dn
-    tl.store(sumP_ptr + s_off, P, mask=m_dn)
-    tl.store(sumG_ptr + s_off, gc, mask=m_dn)
+    s_row = (pid_b * n_seg + pid_s) * dn
+    _store_state(sumP_ptr, s_row, off_dn, P, one == 0, m_dn, VEC)
+    _store_state(sumG_ptr, s_row, off_dn, gc, one == 0, m_dn, VEC)
 
 
 @triton.jit(do_not_specialize=_SIZES + ['sn'])
@@ -114,8 +184,10 @@ def _bwd_kernel(
     BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, HAS_DST: tl.constexpr, HAS_OV: tl.constexpr,
+    EVEN: tl.constexpr, VEC: tl.constexpr, LANES: tl.constexpr,
 ):
-    """Grid (g·blocks, b, n_seg). ``ck[b, c]`` is h at position (c+1)·T - 1."""
+    """Grid (g·blocks, b, n_seg). ``ck[b, c]`` is h at position (c+1)·T - 1. EVEN, VEC
+    as in the forward; LANES: dB, dC summed over channels by ``_lane_sum16``."""
     pid0 = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     pid_s = tl.program_id(2)
@@ -131,19 +203,25 @@ def _bwd_kernel(
     dn = d * n
     off_dn = ch[None, :] * n + nn[:, None] * sn
     m_dn = cmask[None, :] & nmask[:, None]
-    A = tl.load(A_ptr + off_dn, mask=m_dn, other=0.0)  # log2(e) is folded into Δ instead
+    # Every state-shaped access goes through _load_state / _store_state: with VEC, a
+    # plain tl.load or tl.store of one can hand its own layout to the loop's tensors,
+    # and the 16-byte accesses need n inside the thread, in order (a misaligned
+    # address on the device, Triton 3.6, when the initial-state load did).
+    A = _load_state(A_ptr, 0, off_dn, one == 0, m_dn, VEC)  # log2(e) is folded into Δ in the recompute
+    A2 = A * LOG2E
     bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0)[None, None, :] if HAS_BIAS else 0.0
     Dv = tl.load(D_ptr + ch, mask=cmask, other=0.0)[None, None, :] if HAS_D else 0.0
     Dv2 = tl.load(D_ptr + ch, mask=cmask, other=0.0)[None, :] if HAS_D else 0.0
 
     # Adjoint arriving at the segment's last state from everything after it.
     if HAS_DHT:
-        gc = tl.load(dhT_ptr + pid_b * dn + off_dn, mask=m_dn, other=0.0).to(tl.float32)
+        gc = _load_state(dhT_ptr, pid_b * dn, off_dn, one == 0, m_dn, VEC)
     else:
         gc = tl.zeros([NP, BD], dtype=tl.float32)
-    for jj in range(0, n_seg - 1 - pid_s):
-        s_off = (pid_b * n_seg + (n_seg - 1 - jj)) * dn + off_dn
-        gc = tl.load(sumP_ptr + s_off, mask=m_dn, other=0.0) * gc + tl.load(sumG_ptr + s_off, mask=m_dn, other=0.0)
+    for jj in range(0, n_seg - 1 - pid_s):  # not _fold_maps: unrolled, it made the loop below spill
+        s_row = (pid_b * n_seg + (n_seg - 1 - jj)) * dn
+        gc = (_load_state(sumP_ptr, s_row, off_dn, one == 0, m_dn, VEC) * gc
+              + _load_state(sumG_ptr, s_row, off_dn, one == 0, m_dn, VEC))
 
     dA_acc = tl.zeros([NP, BD], dtype=tl.float32)
     dD_acc = tl.zeros([1, BD], dtype=tl.float32)
@@ -154,35 +232,62 @@ def _bwd_kernel(
     x_base = pid_b * L * d
     bc_base = pid_b * L * g * n + grp * n
     p_base = (pid0 * tl.num_programs(1) + pid_b) * L * n  # dB/dC partials [g·blocks, b, L, n]
+    lane = tl.arange(0, BD)[None, :]
+    # The chunks' u, Δ, dout, z tiles are loaded one chunk ahead (see the forward).
+    t0 = seg_start + (n_chunks - 1) * T
+    u_nx = _load_tile(u_ptr, x_base, t0, tt3, ch, cmask, d, L, EVEN)
+    dl_nx = _load_tile(dl_ptr, x_base, t0, tt3, ch, cmask, d, L, EVEN)
+    do_nx = _load_tile(dout_ptr, x_base, t0, tt3, ch, cmask, d, L, EVEN)
+    if HAS_Z:
+        z_nx = _load_tile(z_ptr, x_base, t0, tt3, ch, cmask, d, L, EVEN)
+    if HAS_OV:
+        oi_nx = _load_idx(ovidx_ptr, t0, tt3, seg_end)
+    if HAS_DST:
+        si_nx = _load_idx(sidx_ptr, t0, tt3, seg_end)
     for i in range(0, n_chunks):
         t0 = seg_start + (n_chunks - 1 - i) * T
+        t_nx = tl.maximum(t0 - T, 0)
+        if HAS_OV:
+            oi = oi_nx
+            oi_nx = _load_idx(ovidx_ptr, t_nx, tt3, seg_end)
+        if HAS_DST:
+            si = si_nx
+            si_nx = _load_idx(sidx_ptr, t_nx, tt3, seg_end)
+        u_raw = u_nx
+        dl_raw = dl_nx
+        do_raw = do_nx
+        u_nx = _load_tile(u_ptr, x_base, t_nx, tt3, ch, cmask, d, L, EVEN)
+        dl_nx = _load_tile(dl_ptr, x_base, t_nx, tt3, ch, cmask, d, L, EVEN)
+        do_nx = _load_tile(dout_ptr, x_base, t_nx, tt3, ch, cmask, d, L, EVEN)
+        if HAS_Z:
+            z_raw = z_nx
+            z_nx = _load_tile(z_ptr, x_base, t_nx, tt3, ch, cmask, d, L, EVEN)
         tv3 = t0 + tt3
         tm3 = tv3 < seg_end
         x_off = x_base + tv3 * d + ch[None, None, :]
         m_x = tm3 & cmask[None, None, :]
-        u = tl.load(u_ptr + x_off, mask=m_x, other=0.0).to(tl.float32)
-        dt, dl = _chunk_dt(dl_ptr, bias, x_off, m_x, SOFTPLUS, HAS_BIAS)
+        u = u_raw.to(tl.float32)
+        dout = do_raw.to(tl.float32)
+        if not EVEN:
+            u = tl.where(m_x, u, 0.0)  # rows past the segment: the next one's, or clamped
+            dout = tl.where(m_x, dout, 0.0)
+        dt, dl = _dt_of(dl_raw, bias, m_x, SOFTPLUS, HAS_BIAS, EVEN)
         if SOFTPLUS:
             sdl = tl.sigmoid(dl)  # softplus'
-        dout = tl.load(dout_ptr + x_off, mask=m_x, other=0.0).to(tl.float32)
         if HAS_Z:
-            zz = tl.load(z_ptr + x_off, mask=m_x, other=0.0).to(tl.float32)
+            zz = z_raw.to(tl.float32)
             sg = tl.sigmoid(zz)
             dy = dout * zz * sg
         else:
             dy = dout
         if HAS_D:
             dD_acc += tl.sum(dy * u, axis=0)
-        if HAS_OV:
-            oi = tl.load(ovidx_ptr + tv3, mask=tm3, other=-1)
-        if HAS_DST:
-            si = tl.load(sidx_ptr + tv3, mask=tm3, other=-1)
+
 
         # State before the chunk: the checkpoint, or the initial state at t = 0.
-        c_off = (pid_b * n_ck + tl.maximum(t0 // T - 1, 0)) * dn + off_dn
-        hs = tl.load(ck_ptr + c_off, mask=m_dn & ((one + t0) > 0), other=0.0)
+        hs = _load_state(ck_ptr, (pid_b * n_ck + tl.maximum(t0 // T - 1, 0)) * dn, off_dn, (one + t0) > 0, m_dn, VEC)
         if HAS_H0:
-            hs += tl.load(h0_ptr + pid_b * dn + off_dn, mask=m_dn & ((one + t0) == 0), other=0.0).to(tl.float32)
+            hs += _load_state(h0_ptr, pid_b * dn, off_dn, (one + t0) == 0, m_dn, VEC)
 
         # Recompute the chunk's states into a [T, NP, BD] register tile (and y for dz).
         h = hs
@@ -191,18 +296,23 @@ def _bwd_kernel(
             y_t = tl.zeros([T, 1, BD], dtype=tl.float32)
         for k in tl.static_range(T):
             sel = tt3 == k
-            bc_off = bc_base + tl.minimum(t0 + k, L - 1) * (g * n) + nn[:, None]
-            Bk = tl.load(B_ptr + bc_off, mask=nmask[:, None], other=0.0).to(tl.float32)
+            if EVEN:
+                Bk = _load_row(B_ptr, bc_base + (t0 + k) * (g * n), nn, VEC)
+            else:
+                bc_off = bc_base + tl.minimum(t0 + k, L - 1) * (g * n) + nn[:, None]
+                Bk = tl.load(B_ptr + bc_off, mask=nmask[:, None], other=0.0).to(tl.float32)
             dtuk = tl.sum(tl.where(sel, dt * u, 0.0), axis=0)
             h = tl.exp2(tl.sum(tl.where(sel, dt, 0.0), axis=0) * LOG2E * A) * h + dtuk * Bk
             if HAS_OV:
                 ok = tl.sum(tl.where(sel, oi, 0), axis=0)
-                v_off = (pid_b * n_ov + tl.maximum(ok, 0)) * dn + off_dn
-                v = tl.load(ov_ptr + v_off, mask=(ok >= 0) & m_dn, other=0.0).to(tl.float32)
+                v = _load_state(ov_ptr, (pid_b * n_ov + tl.maximum(ok, 0)) * dn, off_dn, ok >= 0, m_dn, VEC)
                 h = tl.where(ok >= 0, v, h)
             H = tl.where(sel, h[None, :, :], H)
             if HAS_Z:
-                Ck = tl.load(C_ptr + bc_off, mask=nmask[:, None], other=0.0).to(tl.float32)
+                if EVEN:
+                    Ck = _load_row(C_ptr, bc_base + (t0 + k) * (g * n), nn, VEC)
+                else:
+                    Ck = tl.load(C_ptr + bc_off, mask=nmask[:, None], other=0.0).to(tl.float32)
                 y_t = tl.where(sel, tl.sum(h * Ck, axis=0, keep_dims=True)[None, :, :], y_t)
         if HAS_Z:
             dz = dout * (y_t + Dv * u) * sg * (1.0 + zz * (1.0 - sg))
@@ -215,9 +325,13 @@ def _bwd_kernel(
             sel = tt3 == k
             t = t0 + k
             t_ok = (one + t) < seg_end
-            bc_off = bc_base + tl.minimum(t, L - 1) * (g * n) + nn[:, None]
-            Bk = tl.load(B_ptr + bc_off, mask=nmask[:, None], other=0.0).to(tl.float32)
-            Ck = tl.load(C_ptr + bc_off, mask=nmask[:, None], other=0.0).to(tl.float32)
+            if EVEN:
+                Bk = _load_row(B_ptr, bc_base + t * (g * n), nn, VEC, 1)
+                Ck = _load_row(C_ptr, bc_base + t * (g * n), nn, VEC, 1)
+            else:
+                bc_off = bc_base + tl.minimum(t, L - 1) * (g * n) + nn[:, None]
+                Bk = tl.load(B_ptr + bc_off, mask=nmask[:, None], other=0.0).to(tl.float32)
+                Ck = tl.load(C_ptr + bc_off, mask=nmask[:, None], other=0.0).to(tl.float32)
             if k > 0:
                 hp = tl.sum(tl.where(tt3 == k - 1, H, 0.0), axis=0)
             else:
@@ -226,39 +340,37 @@ def _bwd_kernel(
             gk = gc + dyk * Ck
             if HAS_DST:
                 sk = tl.sum(tl.where(sel, si, 0), axis=0)
-                s_off = (pid_b * n_st + tl.maximum(sk, 0)) * dn + off_dn
-                gk += tl.load(dst_ptr + s_off, mask=(sk >= 0) & m_dn, other=0.0).to(tl.float32)
-            dCk = tl.sum(hk * dyk, axis=1, keep_dims=True)  # [NP, 1]: a sum across the threads
-            tl.store(dCp_ptr + p_base + t * n + nn[:, None] * sn, dCk, mask=nmask[:, None] & t_ok)
+                gk += _load_state(dst_ptr, (pid_b * n_st + tl.maximum(sk, 0)) * dn, off_dn, sk >= 0, m_dn, VEC)
+            _store_lane_sum(dCp_ptr, p_base + t * n, hk * dyk, nn, lane, sn, n, t_ok, LANES)
             if HAS_OV:
                 ok = tl.sum(tl.where(sel, oi, 0), axis=0)
-                v_off = (pid_b * n_ov + tl.maximum(ok, 0)) * dn + off_dn
-                tl.store(dov_ptr + v_off, gk, mask=(ok >= 0) & m_dn)
+                _store_state(dov_ptr, (pid_b * n_ov + tl.maximum(ok, 0)) * dn, off_dn, gk, ok >= 0, m_dn, VEC)
                 gk = tl.where(ok >= 0, 0.0, gk)
             dtk = tl.sum(tl.where(sel, dt, 0.0), axis=0)
             uk = tl.sum(tl.where(sel, u, 0.0), axis=0)
-            ak = tl.exp2((dtk * LOG2E) * A)
-            ah = ak * hp
-            ddtk = tl.sum(gk * (uk * Bk + ah * A), axis=0, keep_dims=True)  # [1, BD]
+            # Not the recompute loop's expression, on purpose: were they equal, the compiler
+            # would keep those exps from one loop to the next (64 registers: spills).
+            ak = tl.exp2(dtk * A2)
+            gah = gk * (ak * hp)  # g_t ⊙ a_t h_{t-1}: shared by dΔ and dA
+            sgB = tl.sum(gk * Bk, axis=0, keep_dims=True)  # [1, BD]: shared by dΔ and du
+            ddtk = uk * sgB + tl.sum(gah * A, axis=0, keep_dims=True)
             if SOFTPLUS:
                 ddtk = ddtk * tl.sum(tl.where(sel, sdl, 0.0), axis=0)
-            duk = dtk * tl.sum(gk * Bk, axis=0, keep_dims=True) + dyk * Dv2
+            duk = dtk * sgB + dyk * Dv2
             m_row = cmask[None, :] & t_ok
             tl.store(ddl_ptr + x_base + t * d + ch[None, :], ddtk.to(ddl_ptr.dtype.element_ty), mask=m_row)
             tl.store(du_ptr + x_base + t * d + ch[None, :], duk.to(du_ptr.dtype.element_ty), mask=m_row)
             db_acc += tl.where(m_row, ddtk, 0.0)
-            dBk = tl.sum(gk * (dtk * uk), axis=1, keep_dims=True)
-            tl.store(dBp_ptr + p_base + t * n + nn[:, None] * sn, dBk, mask=nmask[:, None] & t_ok)
-            dA_acc += gk * ah * dtk
+            _store_lane_sum(dBp_ptr, p_base + t * n, gk * (dtk * uk), nn, lane, sn, n, t_ok, LANES)
+            dA_acc += gah * dtk
             gc = ak * gk
             hk = hp
 
-    p_off = (pid_b * n_seg + pid_s) * dn + off_dn
-    tl.store(dAp_ptr + p_off, dA_acc, mask=m_dn)
+    _store_state(dAp_ptr, (pid_b * n_seg + pid_s) * dn, off_dn, dA_acc, one == 0, m_dn, VEC)
     v_off = (pid_b * n_seg + pid_s) * d + ch[None, :]
     tl.store(dDp_ptr + v_off, dD_acc, mask=cmask[None, :])
     tl.store(dbp_ptr + v_off, db_acc, mask=cmask[None, :])
-    tl.store(dh0_ptr + pid_b * dn + off_dn, gc, mask=m_dn & ((one + pid_s) == 0))
+    _store_state(dh0_ptr, pid_b * dn, off_dn, gc, (one + pid_s) == 0, m_dn, VEC)
 
 
 def scan_bwd(u, delta, A, Bg, Cg, D, z, bias, softplus, h0, sidx, n_st, ov_val, ovidx, ck,
@@ -274,6 +386,7 @@ def scan_bwd(u, delta, A, Bg, Cg, D, z, bias, softplus, h0, sidx, n_st, ov_val, 
     BD, NP, T, S, seg_len = plan.BD, plan.NP, plan.T_bwd, plan.n_seg, plan.seg_len
     nblk = triton.cdiv(r, BD)
     sn = 1  # stride of n in state-shaped tensors, passed unspecialized (see the module notes)
+    even, vec = _flags(L, n, r, plan, T)
     f32 = dict(device=u.device, dtype=torch.float32)
     du = torch.empty_like(u)
     ddl = torch.empty_like(delta)
@@ -295,7 +408,7 @@ def scan_bwd(u, delta, A, Bg, Cg, D, z, bias, softplus, h0, sidx, n_st, ov_val, 
             ovidx if ovidx is not None else dummy, sidx if sidx is not None else dummy,
             dst if dst is not None else dummy, sumP, sumG, L, d, n, g, r, sn, seg_len, S, n_st,
             BD=BD, NP=NP, T=T, SOFTPLUS=softplus, HAS_BIAS=bias is not None, HAS_Z=z is not None,
-            HAS_DST=dst is not None, HAS_OV=ov_val is not None, num_warps=plan.num_warps,
+            HAS_DST=dst is not None, HAS_OV=ov_val is not None, EVEN=even, VEC=vec, num_warps=plan.num_warps,
         )
     else:
         sumP = sumG = dummy
@@ -310,7 +423,8 @@ def scan_bwd(u, delta, A, Bg, Cg, D, z, bias, softplus, h0, sidx, n_st, ov_val, 
         L, d, n, g, r, sn, seg_len, S, n_st, n_ov, ck.shape[1],
         BD=BD, NP=NP, T=T, SOFTPLUS=softplus, HAS_BIAS=bias is not None, HAS_D=D is not None,
         HAS_Z=z is not None, HAS_H0=h0 is not None, HAS_DHT=dhT is not None, HAS_DST=dst is not None,
-        HAS_OV=ov_val is not None, num_warps=plan.num_warps_bwd,
+        HAS_OV=ov_val is not None, EVEN=even, VEC=vec, LANES=vec and n == 16 and BD == 32 and plan.num_warps_bwd == 1,
+        num_warps=plan.num_warps_bwd,
     )
     dB = dBp.view(g, nblk, b, L, n).sum(1).permute(1, 2, 0, 3)
     dC = dCp.view(g, nblk, b, L, n).sum(1).permute(1, 2, 0, 3)

@@ -2,12 +2,21 @@
 
 Layout: one thread owns one channel's whole state h ``[n]`` in registers; a program
 owns ``BD = 32·num_warps`` channels of one group of one sequence, and walks its
-positions in chunks of ``T``. Per chunk the per-position inputs are loaded as
-``[T, 1, BD]`` tiles (coalesced, T positions ahead: that is the prefetch), the
-channel-wide terms (softplus, Δ·u, the gate) are computed once per element, and the
-recurrence then steps through the chunk in registers (``tl.static_range``: picking
-row k of a tile whose T axis lives inside the thread is a register move). y_t = C_t·h_t
-is a reduction inside the thread, so the loop has no shuffles and no barriers.
+positions in chunks of ``T``. The per-position inputs come as ``[T, 1, BD]`` tiles
+(coalesced), loaded one chunk ahead as loop-carried values (software pipelining: the
+compiler sank loads made in the chunk itself next to their use, and each step waited
+on device memory), the channel-wide terms (softplus, Δ·u, the gate) are computed once
+per element, and the recurrence then steps through the chunk in registers
+(``tl.static_range``: picking row k of a tile whose T axis lives inside the thread is
+a register move). y_t = C_t·h_t is a reduction inside the thread, so the loop has no
+shuffles and no barriers. B and C are fp32 (converted once per call) and every thread
+reads whole rows of them.
+
+EVEN calls (n a power of two ≥ 4, L a multiple of T, channels a multiple of BD) run
+without masks, and move every state-shaped tensor (states, checkpoints, override
+values, initial and final state, segment maps) as 16-byte vectors in the recurrence's
+own layout through inline PTX (``_store_state`` / ``_load_state``): tl.load/tl.store
+would have moved h to a coalesced layout through shared memory at every step.
 
 Long sequences with few channels are cut into ``n_seg`` segments scanned in
 parallel: ``_fwd_summary_kernel`` gives each segment's map h_end = P ⊙ h_start + S
@@ -22,11 +31,14 @@ checkpoints of h every ``CK`` positions for the backward pass (``triton_bwd.py``
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 # ``r`` (channels per group) must stay unspecialized: were channel offsets known to be
 # aligned, the coalescing pass would vectorize the [T, 1, BD] tiles along channels and
@@ -36,25 +48,144 @@ LOG2E = tl.constexpr(1.4426950408889634)
 # forward ran 2x slower on the H100 with Triton 3.6 (benchmarks/NOTES_scan.md).
 _SIZES = ["r", "n_seg", "n_st", "n_ov", "n_ck"]
 
+# Inline PTX (the 16-byte state-row accesses below) exists only for compiled kernels;
+# this module is also loaded under Triton's interpreter.
+# SSMLENS_SCAN_PTX=0 switches it off (to measure what it buys).
+PTX = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0").lower() not in ("1", "true", "on", "yes")
+                   and os.environ.get("SSMLENS_SCAN_PTX", "1") != "0")
+
 
 @triton.jit
 def _softplus(x):
-    # log(1 + exp(x)) in fp32; above 20 it equals x to fp32 precision.
-    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+    # log(1 + exp(x)) in fp32; above 20 it equals x to fp32 precision. Written with
+    # exp2/log2, which compile to single approximate instructions (tl.log inlines
+    # libdevice's logf, branches and all).
+    return tl.where(x > 20.0, x, LN2 * tl.log2(1.0 + tl.exp2(tl.minimum(x, 20.0) * LOG2E)))
 
 
 @triton.jit
-def _chunk_dt(dl_ptr, bias, x_off, m_x, SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """Δ tile ``[T, 1, BD]`` in fp32 (0 outside the mask, so those steps keep h) and
-    the value before softplus (its derivative needs it)."""
-    dl = tl.load(dl_ptr + x_off, mask=m_x, other=0.0).to(tl.float32)
+def _dt_of(dl, bias, m_x, SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN: tl.constexpr):
+    """Δ tile ``[T, 1, BD]`` in fp32 from the raw one (0 outside the mask unless EVEN,
+    so those steps keep h), and the value before softplus (its derivative needs it)."""
+    dl = dl.to(tl.float32)
     if HAS_BIAS:
         dl = dl + bias
     if SOFTPLUS:
         dt = _softplus(dl)
     else:
         dt = dl
-    return tl.where(m_x, dt, 0.0), dl
+    if not EVEN:
+        dt = tl.where(m_x, dt, 0.0)
+    return dt, dl
+
+
+@triton.jit
+def _chunk_dt(dl_ptr, bias, x_off, m_x, SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN: tl.constexpr):
+    """``_dt_of`` of the Δ tile at ``dl_ptr + x_off``."""
+    if EVEN:
+        dl = tl.load(dl_ptr + x_off)
+    else:
+        dl = tl.load(dl_ptr + x_off, mask=m_x, other=0.0)
+    return _dt_of(dl, bias, m_x, SOFTPLUS, HAS_BIAS, EVEN)
+
+
+@triton.jit
+def _load_tile(ptr, x_base, t0, tt3, ch, cmask, d, L, EVEN: tl.constexpr):
+    """The ``[T, 1, BD]`` tile of a ``[b, L, d]`` input at positions t0.., raw dtype.
+    Rows past L are clamped (read but never used), so that the next chunk can be
+    loaded a chunk ahead; channels past the group read 0 unless EVEN."""
+    x_off = x_base + tl.minimum(t0 + tt3, L - 1) * d + ch[None, None, :]
+    if EVEN:
+        return tl.load(ptr + x_off)
+    else:
+        return tl.load(ptr + x_off, mask=cmask[None, None, :], other=0.0)
+
+
+@triton.jit
+def _load_idx(ptr, t0, tt3, seg_end):
+    """The chunk's slots ``[T, 1, 1]`` in an index map (-1: none, or past seg_end)."""
+    return tl.load(ptr + t0 + tt3, mask=(t0 + tt3) < seg_end, other=-1)
+
+
+@triton.jit
+def _store_state(ptr, row, off, h, row_ok, m_dn, VEC: tl.constexpr):
+    """Store a state-shaped ``[NP, BD]`` tile (n inside the thread) at ``ptr + row +
+    off`` (row: a scalar offset, off: int32 ``[NP, BD]``) where ``row_ok & m_dn``.
+    With VEC (n == NP, a multiple of 4: m_dn is all true, rows 16-byte aligned) each
+    thread writes its own row as 16-byte vectors, in the tile's own layout: tl.store
+    would first move h into a coalesced layout (n over lanes) through shared memory,
+    at every step of the loop, stored or not (benchmarks/NOTES_scan.md)."""
+    if VEC:
+        base = (ptr + row).to(tl.int64)
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; .reg .b64 a; setp.ne.b32 p, $16, 0; mad.wide.s32 a, $8, 4, $4;\n"
+            "@p st.global.v4.f32 [a], {$12, $13, $14, $15};\n"
+            "mov.b32 $0, 0; mov.b32 $1, 0; mov.b32 $2, 0; mov.b32 $3, 0; }",
+            "=r,=r,=r,=r,l,l,l,l,r,r,r,r,f,f,f,f,r,r,r,r",
+            [base, off, h, row_ok.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=4)
+    else:
+        tl.store(ptr + row + off, h, mask=row_ok & m_dn)
+
+
+@triton.jit
+def _load_state(ptr, row, off, row_ok, m_dn, VEC: tl.constexpr):
+    """Load a state-shaped fp32 ``[NP, BD]`` tile, 0 where not ``row_ok & m_dn``;
+    addresses and VEC as for ``_store_state``."""
+    if VEC:
+        base = (ptr + row).to(tl.int64)
+        return tl.inline_asm_elementwise(
+            "{ .reg .pred p; .reg .b64 a; setp.ne.b32 p, $12, 0; mad.wide.s32 a, $8, 4, $4;\n"
+            "mov.b32 $0, 0; mov.b32 $1, 0; mov.b32 $2, 0; mov.b32 $3, 0;\n"
+            "@p ld.global.v4.f32 {$0, $1, $2, $3}, [a]; }",
+            "=f,=f,=f,=f,l,l,l,l,r,r,r,r,r,r,r,r",
+            [base, off, row_ok.to(tl.int32)], dtype=tl.float32, is_pure=False, pack=4)
+    else:
+        return tl.load(ptr + row + off, mask=row_ok & m_dn, other=0.0)
+
+
+@triton.jit
+def _load_row(ptr, row, nn, VEC: tl.constexpr, SALT: tl.constexpr = 0):
+    """One fp32 row ``[NP, 1]`` of B or C at ``ptr + row + nn`` (every thread holds it
+    all). With VEC (n == NP, a multiple of 4) and fp32 B, C: through the read-only path
+    (ld.global.nc), so that the compiler may move these loads across the stores of the
+    loop (states, checkpoints), which it must otherwise assume could write B and C.
+    SALT (an operand the instruction ignores) keeps two loads of one row apart: the
+    backward reads each row twice, and holding them from one loop to the next spilled."""
+    if VEC and ptr.dtype.element_ty == tl.float32:
+        base = (ptr + row).to(tl.int64)
+        return tl.inline_asm_elementwise(
+            "{ .reg .b64 a; mad.wide.s32 a, $8, 4, $4;\n"
+            "ld.global.nc.v4.f32 {$0, $1, $2, $3}, [a]; }",
+            "=f,=f,=f,=f,l,l,l,l,r,r,r,r,r,r,r,r",
+            [base, nn[:, None], tl.full([1, 1], SALT, tl.int32)], dtype=tl.float32, is_pure=True, pack=4)
+    else:
+        return tl.load(ptr + row + nn[:, None]).to(tl.float32)
+
+
+@triton.jit
+def _fold_maps(h, P_ptr, S_ptr, base, first, step, count, dn, off_dn, one, m_dn, VEC: tl.constexpr):
+    """h after the segment maps h <- P_j ⊙ h + S_j, j = first, first + step, ... (count of
+    them, rows ``base + j`` of P and S), in that order. Four maps are loaded before
+    their four updates: the chain waits on memory once per four segments, not once
+    per segment (with 64 segments the last one waited 63 times)."""
+    for i0 in range(0, count, 4):
+        j = first + i0 * step
+        ok1 = (one + i0 + 1) < count
+        ok2 = (one + i0 + 2) < count
+        ok3 = (one + i0 + 3) < count
+        P0 = _load_state(P_ptr, (base + j) * dn, off_dn, one == 0, m_dn, VEC)
+        S0 = _load_state(S_ptr, (base + j) * dn, off_dn, one == 0, m_dn, VEC)
+        P1 = _load_state(P_ptr, (base + j + step) * dn, off_dn, ok1, m_dn, VEC)
+        S1 = _load_state(S_ptr, (base + j + step) * dn, off_dn, ok1, m_dn, VEC)
+        P2 = _load_state(P_ptr, (base + j + 2 * step) * dn, off_dn, ok2, m_dn, VEC)
+        S2 = _load_state(S_ptr, (base + j + 2 * step) * dn, off_dn, ok2, m_dn, VEC)
+        P3 = _load_state(P_ptr, (base + j + 3 * step) * dn, off_dn, ok3, m_dn, VEC)
+        S3 = _load_state(S_ptr, (base + j + 3 * step) * dn, off_dn, ok3, m_dn, VEC)
+        h = P0 * h + S0
+        h = tl.where(ok1, P1 * h + S1, h)
+        h = tl.where(ok2, P2 * h + S2, h)
+        h = tl.where(ok3, P3 * h + S3, h)
+    return h
 
 
 # In the step loops, row k of a [T, ...] tile is read as tl.sum(tl.where(tt3 == k, x, 0), 0):
@@ -62,6 +193,45 @@ def _chunk_dt(dl_ptr, bias, x_off, m_x, SOFTPLUS: tl.constexpr, HAS_BIAS: tl.con
 # that enter masks are first made [1, 1] tensors (`one + t`): Triton's interpreter
 # mishandles scalar & tensor masks. Both idioms are written inline, not as helper
 # functions, because every nested jit call costs the interpreter a re-patch of tl.
+
+
+@triton.jit
+def _fwd_steps(h, dt, dtu, oi, si, t0, tt3, one, bc_base, nn, nmask, A2, B_ptr, C_ptr, ov_ptr, st_ptr,
+               ck_ptr, pid_b, dn, off_dn, m_dn, L, g, n, seg_end, n_ov, n_st, n_ck,
+               T: tl.constexpr, CK: tl.constexpr, HAS_OV: tl.constexpr, ST: tl.constexpr,
+               EVEN: tl.constexpr, VEC: tl.constexpr):
+    """The recurrence through one chunk of T positions from t0 (unrolled): returns h
+    after it and the chunk's y tile ``[T, 1, BD]`` (before D and the gate). ST: write
+    the requested states (``si``, the chunk's slots, -1 = none)."""
+    ytile = tl.zeros_like(dt)
+    for k in tl.static_range(T):
+        sel = tt3 == k
+        t = t0 + k
+        if EVEN:
+            Bk = _load_row(B_ptr, bc_base + t * (g * n), nn, VEC)  # [NP, 1]
+            Ck = _load_row(C_ptr, bc_base + t * (g * n), nn, VEC)
+        else:
+            # Rows past the end are clamped, not masked: there Δ = 0 and h stays put.
+            bc_off = bc_base + tl.minimum(t, L - 1) * (g * n) + nn[:, None]
+            Bk = tl.load(B_ptr + bc_off, mask=nmask[:, None], other=0.0)
+            Ck = tl.load(C_ptr + bc_off, mask=nmask[:, None], other=0.0)
+        dtk = tl.sum(tl.where(sel, dt, 0.0), axis=0)  # [1, BD]
+        dtuk = tl.sum(tl.where(sel, dtu, 0.0), axis=0)
+        h = tl.exp2(dtk * A2) * h + dtuk * Bk
+        if HAS_OV:
+            ok = tl.sum(tl.where(sel, oi, 0), axis=0)  # [1, 1]
+            v = _load_state(ov_ptr, (pid_b * n_ov + tl.maximum(ok, 0)) * dn, off_dn, ok >= 0, m_dn, VEC)
+            h = tl.where(ok >= 0, v, h)
+        if ST:
+            sk = tl.sum(tl.where(sel, si, 0), axis=0)  # [1, 1]
+            _store_state(st_ptr, (pid_b * n_st + tl.maximum(sk, 0)) * dn, off_dn, h, sk >= 0, m_dn, VEC)
+        if CK > 0:
+            if (k + 1) % CK == 0:
+                _store_state(ck_ptr, (pid_b * n_ck + (t + 1) // CK - 1) * dn, off_dn, h, (one + t) < seg_end,
+                             m_dn, VEC)
+        yk = tl.sum(h * Ck, axis=0, keep_dims=True)  # [1, BD]: inside the thread
+        ytile = tl.where(sel, yk[None, :, :], ytile)
+    return h, ytile
 
 
 @triton.jit(do_not_specialize=_SIZES)
@@ -73,10 +243,12 @@ def _fwd_kernel(
     BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, CK: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_ST: tl.constexpr, HAS_OV: tl.constexpr,
+    EVEN: tl.constexpr, VEC: tl.constexpr,
 ):
     """Grid (g·blocks, b, n_seg). Writes y ``[b, L, d]``, the final state (last
     segment), requested states and, if CK > 0, h at every position t with
-    (t + 1) % CK == 0 into ``ck[b, (t + 1) // CK - 1]``."""
+    (t + 1) % CK == 0 into ``ck[b, (t + 1) // CK - 1]``. B and C are fp32 ``[b, L, g, n]``.
+    EVEN: n == NP, L a multiple of T and r of BD, so no masks and no clamps."""
     pid0 = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     pid_s = tl.program_id(2)
@@ -93,67 +265,70 @@ def _fwd_kernel(
 
     off_dn = ch[None, :] * n + nn[:, None]  # [NP, BD]
     m_dn = cmask[None, :] & nmask[:, None]
-    A2 = tl.load(A_ptr + off_dn, mask=m_dn, other=0.0) * LOG2E
+    A2 = _load_state(A_ptr, 0, off_dn, one == 0, m_dn, VEC) * LOG2E
     bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0)[None, None, :] if HAS_BIAS else 0.0
     Dv = tl.load(D_ptr + ch, mask=cmask, other=0.0)[None, None, :] if HAS_D else 0.0
 
     if HAS_H0:
-        h = tl.load(h0_ptr + pid_b * dn + off_dn, mask=m_dn, other=0.0).to(tl.float32)
+        h = _load_state(h0_ptr, pid_b * dn, off_dn, one == 0, m_dn, VEC)
     else:
         h = tl.zeros([NP, BD], dtype=tl.float32)
-    for j in range(0, pid_s):  # fold the maps of the earlier segments
-        s_off = (pid_b * n_seg + j) * dn + off_dn
-        h = tl.load(sumP_ptr + s_off, mask=m_dn, other=0.0) * h + tl.load(sumS_ptr + s_off, mask=m_dn, other=0.0)
+    # The maps of the earlier segments (summary pass) bring h to this segment's start.
+    h = _fold_maps(h, sumP_ptr, sumS_ptr, pid_b * n_seg, 0, 1, pid_s, dn, off_dn, one, m_dn, VEC)
 
     seg_start = pid_s * seg_len
     seg_end = tl.minimum(seg_start + seg_len, L)
     x_base = pid_b * L * d
     bc_base = pid_b * L * g * n + grp * n
+    # Software pipelining: each chunk's u, Δ, z tiles are loaded one chunk ahead, as
+    # loop-carried values, so that no step waits on device memory for them (loaded in
+    # the chunk itself, the compiler sank the loads next to their first use).
+    u_nx = _load_tile(u_ptr, x_base, seg_start, tt3, ch, cmask, d, L, EVEN)
+    dl_nx = _load_tile(dl_ptr, x_base, seg_start, tt3, ch, cmask, d, L, EVEN)
+    if HAS_Z:
+        z_nx = _load_tile(z_ptr, x_base, seg_start, tt3, ch, cmask, d, L, EVEN)
+    # The chunk's slots in the override and state index maps, a chunk ahead too (a
+    # placeholder where there is no map).
+    oi_nx = _load_idx(ovidx_ptr, seg_start, tt3, seg_end) if HAS_OV else tl.zeros([T, 1, 1], dtype=tl.int32)
+    si_nx = _load_idx(sidx_ptr, seg_start, tt3, seg_end) if HAS_ST else tl.zeros([T, 1, 1], dtype=tl.int32)
     for t0 in range(seg_start, seg_end, T):
+        u_raw = u_nx
+        dl_raw = dl_nx
+        u_nx = _load_tile(u_ptr, x_base, t0 + T, tt3, ch, cmask, d, L, EVEN)
+        dl_nx = _load_tile(dl_ptr, x_base, t0 + T, tt3, ch, cmask, d, L, EVEN)
+        if HAS_Z:
+            z_raw = z_nx
+            z_nx = _load_tile(z_ptr, x_base, t0 + T, tt3, ch, cmask, d, L, EVEN)
+        oi = oi_nx
+        si = si_nx
+        if HAS_OV:
+            oi_nx = _load_idx(ovidx_ptr, t0 + T, tt3, seg_end)
+        if HAS_ST:
+            si_nx = _load_idx(sidx_ptr, t0 + T, tt3, seg_end)
         tv3 = t0 + tt3
         tm3 = tv3 < seg_end
         x_off = x_base + tv3 * d + ch[None, None, :]  # [T, 1, BD]
         m_x = tm3 & cmask[None, None, :]
-        u = tl.load(u_ptr + x_off, mask=m_x, other=0.0).to(tl.float32)
-        dt, dl = _chunk_dt(dl_ptr, bias, x_off, m_x, SOFTPLUS, HAS_BIAS)
+        u = u_raw.to(tl.float32)
+        if not EVEN:
+            u = tl.where(m_x, u, 0.0)  # rows past the segment: the next one's, or clamped
+        dt, dl = _dt_of(dl_raw, bias, m_x, SOFTPLUS, HAS_BIAS, EVEN)
         dtu = dt * u
-        if HAS_OV:
-            oi = tl.load(ovidx_ptr + tv3, mask=tm3, other=-1)
-        if HAS_ST:
-            si = tl.load(sidx_ptr + tv3, mask=tm3, other=-1)
-        ytile = tl.zeros([T, 1, BD], dtype=tl.float32)
-        for k in tl.static_range(T):
-            sel = tt3 == k
-            t = t0 + k
-            # Rows past the end are clamped, not masked: there Δ = 0 and h stays put.
-            bc_off = bc_base + tl.minimum(t, L - 1) * (g * n) + nn[:, None]  # [NP, 1]
-            Bk = tl.load(B_ptr + bc_off, mask=nmask[:, None], other=0.0).to(tl.float32)
-            Ck = tl.load(C_ptr + bc_off, mask=nmask[:, None], other=0.0).to(tl.float32)
-            dtk = tl.sum(tl.where(sel, dt, 0.0), axis=0)  # [1, BD]
-            dtuk = tl.sum(tl.where(sel, dtu, 0.0), axis=0)
-            h = tl.exp2(dtk * A2) * h + dtuk * Bk
-            if HAS_OV:
-                ok = tl.sum(tl.where(sel, oi, 0), axis=0)  # [1, 1]
-                v_off = (pid_b * n_ov + tl.maximum(ok, 0)) * dn + off_dn
-                v = tl.load(ov_ptr + v_off, mask=(ok >= 0) & m_dn, other=0.0).to(tl.float32)
-                h = tl.where(ok >= 0, v, h)
-            if HAS_ST:
-                sk = tl.sum(tl.where(sel, si, 0), axis=0)
-                s_off = (pid_b * n_st + tl.maximum(sk, 0)) * dn + off_dn
-                tl.store(st_ptr + s_off, h, mask=(sk >= 0) & m_dn)
-            if CK > 0:
-                if (k + 1) % CK == 0:
-                    c_off = (pid_b * n_ck + (t + 1) // CK - 1) * dn + off_dn
-                    tl.store(ck_ptr + c_off, h, mask=m_dn & ((one + t) < seg_end))
-            yk = tl.sum(h * Ck, axis=0, keep_dims=True)  # [1, BD]: inside the thread
-            ytile = tl.where(sel, yk[None, :, :], ytile)
+        h, ytile = _fwd_steps(h, dt, dtu, oi, si, t0, tt3, one, bc_base, nn, nmask, A2, B_ptr, C_ptr, ov_ptr,
+                              st_ptr, ck_ptr, pid_b, dn, off_dn, m_dn, L, g, n, seg_end, n_ov, n_st, n_ck,
+                              T, CK, HAS_OV, HAS_ST, EVEN, VEC)
         y = ytile + Dv * u
         if HAS_Z:
-            zz = tl.load(z_ptr + x_off, mask=m_x, other=0.0).to(tl.float32)
+            zz = z_raw.to(tl.float32)
             y = y * zz * tl.sigmoid(zz)
-        tl.store(y_ptr + x_off, y.to(y_ptr.dtype.element_ty), mask=m_x)
+        if EVEN:
+            tl.store(y_ptr + x_off, y.to(y_ptr.dtype.element_ty))
+        else:
+            tl.store(y_ptr + x_off, y.to(y_ptr.dtype.element_ty), mask=m_x)
 
-    tl.store(hT_ptr + pid_b * dn + off_dn, h, mask=m_dn & ((one + pid_s) == n_seg - 1))
+    # State-shaped loads and stores outside the loop go through the same helpers: a
+    # tl.load or tl.store here could hand its coalesced layout to the loop's h.
+    _store_state(hT_ptr, pid_b * dn, off_dn, h, (one + pid_s) == n_seg - 1, m_dn, VEC)
 
 
 @triton.jit(do_not_specialize=_SIZES)
@@ -162,6 +337,7 @@ def _fwd_summary_kernel(
     L, d, n, g, r, seg_len, n_seg, n_ov,
     BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_OV: tl.constexpr,
+    EVEN: tl.constexpr, VEC: tl.constexpr,
 ):
     """Grid (g·blocks, b, n_seg - 1): each segment's map h_end = P ⊙ h_start + S, with
     S its end state from h_start = 0 and P = exp(A·ΣΔ) (0 if it holds an override)."""
@@ -176,10 +352,11 @@ def _fwd_summary_kernel(
     nn = tl.arange(0, NP)
     nmask = nn < n
     tt3 = tl.arange(0, T)[:, None, None]
+    one = tl.zeros([1, 1], dtype=tl.int32)
     dn = d * n
     off_dn = ch[None, :] * n + nn[:, None]
     m_dn = cmask[None, :] & nmask[:, None]
-    A2 = tl.load(A_ptr + off_dn, mask=m_dn, other=0.0) * LOG2E
+    A2 = _load_state(A_ptr, 0, off_dn, one == 0, m_dn, VEC) * LOG2E
     bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0)[None, None, :] if HAS_BIAS else 0.0
 
     h = tl.zeros([NP, BD], dtype=tl.float32)
@@ -189,39 +366,60 @@ def _fwd_summary_kernel(
     seg_end = tl.minimum(seg_start + seg_len, L)
     x_base = pid_b * L * d
     bc_base = pid_b * L * g * n + grp * n
+    u_nx = _load_tile(u_ptr, x_base, seg_start, tt3, ch, cmask, d, L, EVEN)  # a chunk ahead, as above
+    dl_nx = _load_tile(dl_ptr, x_base, seg_start, tt3, ch, cmask, d, L, EVEN)
+    if HAS_OV:
+        oi_nx = _load_idx(ovidx_ptr, seg_start, tt3, seg_end)
     for t0 in range(seg_start, seg_end, T):
+        u_raw = u_nx
+        dl_raw = dl_nx
+        u_nx = _load_tile(u_ptr, x_base, t0 + T, tt3, ch, cmask, d, L, EVEN)
+        dl_nx = _load_tile(dl_ptr, x_base, t0 + T, tt3, ch, cmask, d, L, EVEN)
+        if HAS_OV:
+            oi = oi_nx
+            oi_nx = _load_idx(ovidx_ptr, t0 + T, tt3, seg_end)
         tv3 = t0 + tt3
         tm3 = tv3 < seg_end
-        x_off = x_base + tv3 * d + ch[None, None, :]
         m_x = tm3 & cmask[None, None, :]
-        u = tl.load(u_ptr + x_off, mask=m_x, other=0.0).to(tl.float32)
-        dt, dl = _chunk_dt(dl_ptr, bias, x_off, m_x, SOFTPLUS, HAS_BIAS)
+        u = u_raw.to(tl.float32)
+        if not EVEN:
+            u = tl.where(m_x, u, 0.0)
+        dt, dl = _dt_of(dl_raw, bias, m_x, SOFTPLUS, HAS_BIAS, EVEN)
         dtu = dt * u
         sdt += tl.sum(dt, axis=0)
         if HAS_OV:
-            oi = tl.load(ovidx_ptr + tv3, mask=tm3, other=-1)
             any_ov = tl.maximum(any_ov, tl.max(oi, axis=0))
         for k in tl.static_range(T):
             sel = tt3 == k
-            bc_off = bc_base + tl.minimum(t0 + k, L - 1) * (g * n) + nn[:, None]
-            Bk = tl.load(B_ptr + bc_off, mask=nmask[:, None], other=0.0).to(tl.float32)
+            if EVEN:
+                Bk = _load_row(B_ptr, bc_base + (t0 + k) * (g * n), nn, VEC)
+            else:
+                bc_off = bc_base + tl.minimum(t0 + k, L - 1) * (g * n) + nn[:, None]
+                Bk = tl.load(B_ptr + bc_off, mask=nmask[:, None], other=0.0)
             h = tl.exp2(tl.sum(tl.where(sel, dt, 0.0), axis=0) * A2) * h + tl.sum(tl.where(sel, dtu, 0.0), axis=0) * Bk
             if HAS_OV:
                 ok = tl.sum(tl.where(sel, oi, 0), axis=0)
-                v_off = (pid_b * n_ov + tl.maximum(ok, 0)) * dn + off_dn
-                v = tl.load(ov_ptr + v_off, mask=(ok >= 0) & m_dn, other=0.0).to(tl.float32)
+                v = _load_state(ov_ptr, (pid_b * n_ov + tl.maximum(ok, 0)) * dn, off_dn, ok >= 0, m_dn, VEC)
                 h = tl.where(ok >= 0, v, h)
     P = tl.exp2(A2 * sdt)
     if HAS_OV:
         P = tl.where(any_ov >= 0, 0.0, P)
-    s_off = (pid_b * n_seg + pid_s) * dn + off_dn
-    tl.store(sumP_ptr + s_off, P, mask=m_dn)
-    tl.store(sumS_ptr + s_off, h, mask=m_dn)
+    s_row = (pid_b * n_seg + pid_s) * dn
+    _store_state(sumP_ptr, s_row, off_dn, P, one == 0, m_dn, VEC)
+    _store_state(sumS_ptr, s_row, off_dn, h, one == 0, m_dn, VEC)
+
+
+def _flags(L: int, n: int, r: int, plan, T: int) -> tuple[bool, bool]:
+    """(EVEN, VEC) for a launch: EVEN drops masks and clamps; VEC moves state rows as
+    16-byte vectors (compiled kernels only)."""
+    even = n == plan.NP and L % T == 0 and r % plan.BD == 0
+    return even, bool(even and n % 4 == 0 and PTX)
 
 
 def scan_fwd(u, delta, A, Bg, Cg, D, z, bias, softplus, h0, sidx, n_st, ov_val, ovidx, plan, ck_every=0):
     """Launch the forward. u, delta, z ``[b, L, d]`` contiguous; A ``[d, n]`` fp32;
-    Bg, Cg ``[b, L, g, n]`` contiguous; D, bias ``[d]`` fp32 or None; h0 ``[b, d, n]``;
+    Bg, Cg ``[b, L, g, n]`` fp32 contiguous; D, bias ``[d]`` fp32 or None; h0 ``[b, d, n]``;
+    ov_val ``[b, P, d, n]`` fp32 or None;
     sidx/ovidx int32 ``[L]`` (-1 = none) or None; ``plan`` from ``triton_scan.plan``.
     Returns (y in u's dtype, final state fp32, states ``[b, n_st, d, n]`` or None,
     checkpoints ``[b, ceil(L/ck_every), d, n]`` or None)."""
@@ -237,6 +435,7 @@ def scan_fwd(u, delta, A, Bg, Cg, D, z, bias, softplus, h0, sidx, n_st, ov_val, 
     n_ov = ov_val.shape[1] if ov_val is not None else 0
     nblk = triton.cdiv(r, plan.BD)
     S, seg_len = plan.n_seg, plan.seg_len
+    even, vec = _flags(L, n, r, plan, plan.T)
     dummy = hT
     if S > 1:
         sumP = torch.empty(b, S, d, n, **f32)
@@ -246,7 +445,7 @@ def scan_fwd(u, delta, A, Bg, Cg, D, z, bias, softplus, h0, sidx, n_st, ov_val, 
             ov_val if ov_val is not None else dummy, ovidx if ovidx is not None else dummy,
             sumP, sumS, L, d, n, g, r, seg_len, S, n_ov,
             BD=plan.BD, NP=plan.NP, T=plan.T, SOFTPLUS=softplus, HAS_BIAS=bias is not None,
-            HAS_OV=ov_val is not None, num_warps=plan.num_warps,
+            HAS_OV=ov_val is not None, EVEN=even, VEC=vec, num_warps=plan.num_warps,
         )
     else:
         sumP = sumS = dummy
@@ -259,6 +458,6 @@ def scan_fwd(u, delta, A, Bg, Cg, D, z, bias, softplus, h0, sidx, n_st, ov_val, 
         L, d, n, g, r, seg_len, S, n_st, n_ov, n_ck,
         BD=plan.BD, NP=plan.NP, T=plan.T, CK=ck_every, SOFTPLUS=softplus,
         HAS_BIAS=bias is not None, HAS_D=D is not None, HAS_Z=z is not None, HAS_H0=h0 is not None,
-        HAS_ST=sidx is not None, HAS_OV=ov_val is not None, num_warps=plan.num_warps,
+        HAS_ST=sidx is not None, HAS_OV=ov_val is not None, EVEN=even, VEC=vec, num_warps=plan.num_warps,
     )
     return y, hT, st, ck

@@ -113,28 +113,31 @@ _TUNED: dict = {}
 
 def _tune_segments(key, L: int, T: int, units: int, launch) -> tuple[int, int]:
     """Fastest (n_seg, seg_len) for this kind of call, by timing ``launch(n_seg,
-    seg_len)`` once per candidate (CUDA events, best of 3 after a warm-up); cached
+    seg_len)`` (CUDA events; each candidate run once untimed, then the best of three
+    rounds over all candidates: rounds, not three runs in a row, so that a GPU clock
+    still ramping up at the first call does not favour the later candidates); cached
     per key. Segment counts are runtime arguments: no candidate costs a compile."""
     if key in _TUNED:
         return _TUNED[key]
     cands = []
-    for want in (1, 2, 4, 8, 16, 32, 64):
+    for want in (1, 2, 4, 8, 12, 16, 24, 32, 64):
         c = _segments(L, T, want)
         if (want > 1 and c[1] < 4 * T) or units * c[0] > 64 * 1024:
             break
         if c not in cands:
             cands.append(c)
-    best, best_ms = cands[0], float("inf")
     for c in cands:
         launch(*c)
-        for _ in range(3):
+    ms = {c: float("inf") for c in cands}
+    for _ in range(3):
+        for c in cands:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             launch(*c)
             end.record()
             end.synchronize()
-            if start.elapsed_time(end) < best_ms:
-                best, best_ms = c, start.elapsed_time(end)
+            ms[c] = min(ms[c], start.elapsed_time(end))
+    best = min(cands, key=ms.get)
     _TUNED[key] = best
     return best
 
@@ -184,7 +187,9 @@ def _modules(interpret: bool) -> tuple[ModuleType, ModuleType]:
                 del os.environ["TRITON_INTERPRET"]
             else:
                 os.environ["TRITON_INTERPRET"] = old
-        for name in ("LOG2E", "_chunk_dt", "_SIZES"):  # the helpers bwd imported from fwd
+        for name in ("LOG2E", "_SIZES", "_chunk_dt", "_dt_of", "_flags", "_load_row", "_load_state",
+                     "_load_tile", "_store_state", "_load_idx",
+                     "_fold_maps"):  # the helpers bwd imported from fwd
             setattr(bwd, name, getattr(fwd, name))
         _INTERPRETED = (fwd, bwd)
     return _INTERPRETED
@@ -218,9 +223,9 @@ class _ScanFunction(torch.autograd.Function):
         call = ctx.call
         dy = torch.zeros_like(u) if dy is None else dy.contiguous()
         if dst is not None:
-            dst = dst.contiguous()
+            dst = _aligned(dst.float().contiguous())
         if dhT is not None:
-            dhT = dhT.contiguous()
+            dhT = _aligned(dhT.float().contiguous())
         p = call.plan
 
         def launch(n_seg, seg_len):
@@ -268,6 +273,13 @@ def _forward(call: _Call, u, delta, A, Bg, Cg, D, z, bias, h0, ov, ck_every: int
     return launch(*segs)
 
 
+def _aligned(t: Tensor | None) -> Tensor | None:
+    """t itself if its data starts on a 16-byte boundary, else a copy: the kernels move
+    state rows, B and C rows as 16-byte vectors (a view into a larger tensor may start
+    anywhere)."""
+    return t if t is None or t.data_ptr() % 16 == 0 else t.clone()
+
+
 def _index_map(positions: Tensor | None, L: int, device) -> Tensor | None:
     """Positions [P] -> int32 [L] holding each position's slot, -1 elsewhere."""
     if positions is None:
@@ -299,16 +311,19 @@ def selective_scan_triton(
     n = A.shape[1]
     fwd, bwd = _modules(interpret=not u.is_cuda)
     # Canonical forms, through differentiable ops so autograd maps the grads back.
-    Bg = (B.unsqueeze(2) if B.ndim == 3 else B).contiguous()
-    Cg = (C.unsqueeze(2) if C.ndim == 3 else C).contiguous()
+    # B, C in fp32: they are small ([b, L, g, n]), and every thread of the kernels reads
+    # every row of them: converting them there cost ~50 instructions a step, and fp32
+    # rows measured faster (benchmarks/NOTES_scan.md, v6).
+    Bg = _aligned((B.unsqueeze(2) if B.ndim == 3 else B).float().contiguous())
+    Cg = _aligned((C.unsqueeze(2) if C.ndim == 3 else C).float().contiguous())
     g = Bg.shape[2]
     u_, delta_ = u.contiguous(), delta.contiguous()
     z_ = z.contiguous() if z is not None else None
-    A_ = A.float().contiguous()
+    A_ = _aligned(A.float().contiguous())
     D_ = D.float().contiguous() if D is not None else None
     bias_ = delta_bias.float().contiguous() if delta_bias is not None else None
-    h0 = initial_state.contiguous() if initial_state is not None else None
-    ov = override_values.contiguous() if override_values is not None else None
+    h0 = _aligned(initial_state.float().contiguous()) if initial_state is not None else None
+    ov = _aligned(override_values.float().contiguous()) if override_values is not None else None
     sidx = _index_map(state_positions, L, u.device)
     ovidx = _index_map(override_positions, L, u.device)
     n_st = state_positions.numel() if state_positions is not None else 0

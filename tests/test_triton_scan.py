@@ -70,6 +70,8 @@ CPU_CASES = {
     "segments_grouped": (2, 30, 4, 2, 2, dict(ALL, states="all"), dict(n_seg=2, T=4, T_bwd=4)),
     "two_blocks_odd_d": (1, 16, 33, 4, None, dict(z=True, h0=True, ov=[15]), {}),
     "n64": (1, 9, 2, 64, None, dict(ALL, states=[8]), {}),
+    # n == NP, L a multiple of T, d of BD: the kernels' unmasked (EVEN) path.
+    "even": (2, 32, 32, 4, None, dict(ALL, states=[0, 17, 31], ov=[16]), {}),
 }
 
 
@@ -201,13 +203,18 @@ GPU_CASES = {
     "grouped_odd": (1, 50, 9, 16, 3, dict(ALL, ov=[49]), {}),
     "segments": (1, 1000, 45, 16, None, dict(ALL, states=[999, 3, 500], ov=[400, 501]), dict(n_seg=5)),
     "auto_segments": (1, 4099, 16, 16, None, dict(ALL, states="all"), {}),
+    # n == NP (a multiple of 4), L a multiple of T, d of BD: no masks, and states,
+    # checkpoints and override values move as 16-byte vectors (inline PTX).
+    "even": (2, 256, 64, 16, None, dict(ALL, states=[0, 100, 255], ov=[50, 200]), {}),
+    "even_states_all": (2, 128, 32, 16, None, dict(ALL, states="all"), {}),
+    "even_segments": (1, 512, 32, 8, None, dict(ALL, states=[3, 300], ov=[100, 511]), dict(n_seg=4)),
 }
 
 
 # fp32 on every case; half precision where the loads and stores differ (each dtype and
 # option set is a separate compile, so not the full product).
 GPU_RUNS = [(name, torch.float32) for name in GPU_CASES] + [
-    (name, torch.bfloat16) for name in ("all_options", "n64", "grouped", "segments", "L1")
+    (name, torch.bfloat16) for name in ("all_options", "n64", "grouped", "segments", "L1", "even", "even_segments")
 ] + [(name, torch.float16) for name in ("all_options", "n1_states_all")]
 
 
@@ -219,6 +226,31 @@ def test_gpu_matches_reference(name, dtype, request):
     torch.full((1 << 26,), float("nan"), device="cuda")
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     _check_case(GPU_CASES[name], dtype, "cuda", request, tol=tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _CUDA, reason="needs CUDA")
+def test_gpu_unaligned_views(request):
+    """Inputs that are views starting off a 16-byte boundary (the kernels' vector
+    accesses need aligned rows: such inputs are copied first)."""
+    gen = _rng(request)
+    b, L, d, n = 2, 64, 32, 16
+
+    def view(*shape, dt=torch.float32):  # a contiguous view 4 bytes into its storage
+        numel = 1
+        for s_ in shape:
+            numel *= s_
+        return torch.randn(numel + 1, generator=gen).to("cuda", dt)[1:].view(*shape)
+
+    u, dl, z = view(b, L, d), view(b, L, d), view(b, L, d)
+    A = -torch.exp(view(d, n))
+    B, C, h0 = view(b, L, n), view(b, L, n), view(b, d, n)
+    ov = view(b, 1, d, n)
+    kw = dict(z=z, initial_state=h0, return_final_state=True, state_positions=[5, 63], state_override=([20], ov))
+    tri = selective_scan(u, dl, A, B, C, backend="triton", **kw)
+    ref = selective_scan(u, dl, A, B, C, backend="reference", **kw)
+    for a, r in zip((tri.out, tri.final_state, tri.states), (ref.out, ref.final_state, ref.states)):
+        assert _rel(a, r) < 1e-5
 
 
 @pytest.mark.gpu
