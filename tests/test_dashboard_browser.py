@@ -133,7 +133,7 @@ def test_selecting_a_run_and_a_token_updates_the_figures(dash_duo):
     before = figure(dash_duo, "gating-delta")
     assert [s["x0"] for s in before["layout"]["shapes"]] == [9]
     dash_duo.select_dcc_dropdown("#run-select", value="sample/bmojo (bmojo · mqar)")
-    dash_duo.wait_for_contains_text("#run-banner", "bmojo")
+    dash_duo.wait_for_contains_text("#run-banner", "bmojo", timeout=30)
     wait_ready(dash_duo)
     assert figure(dash_duo, "gating-delta") != before  # another run, other Δ
 
@@ -160,7 +160,7 @@ def test_refused_and_incomplete_runs_show_messages(dash_duo):
     for query, text in (("?run=../../etc", "may not appear in a run id"), ("?run=broken/incomplete", "incomplete"),
                         ("?run=/etc", "absolute paths")):
         open_page(dash_duo, "/gating" + query)
-        dash_duo.wait_for_contains_text("#gating-status", text)
+        dash_duo.wait_for_contains_text("#gating-status", text, timeout=30)  # slow under CI load
         assert text in figure(dash_duo, "gating-delta")["layout"]["annotations"][0]
         assert "Traceback" not in dash_duo.find_element("body").text
     assert console_errors(dash_duo) == []
