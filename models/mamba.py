@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 from torch import Tensor
 
@@ -54,6 +55,50 @@ class MambaBlock(nn.Module):
     def forward(self, resid: Tensor, resume: Resume | None = None) -> Tensor:
         resid = self.hook_resid_pre(resid)
         return self.hook_resid_post(resid + self.mixer(self.norm(resid), resume and resume.sub("mixer")))
+
+    @property
+    def read_reach(self) -> int:
+        """How many positions after a changed input ``forward_read`` computes (the
+        conv's reach): a window ending that far after the last change may be read at
+        any later position."""
+        return self.mixer.cfg.d_conv - 1
+
+    def reads_sparsely(self, resume: Resume) -> bool:
+        """Whether ``forward_read`` computes only the span it needs: the cache holds the
+        mixer's y, Δ, C and z (``resume_hook_names(model, edits=True)``), nothing listens
+        to the block after ``hook_resid_pre`` nor to its mixer, which has no state edit."""
+        points = [self.hook_resid_post] + [m for m in self.mixer.modules() if isinstance(m, HookPoint)]
+        mixer = resume.sub("mixer")
+        cached = all(mixer.scope + f"hook_{h}" in resume.cache for h in ("ssm_out", "delta", "C", "z"))
+        return cached and mixer.own_edit is None and all(p._untouched() for p in points)
+
+    def forward_read(self, resid: Tensor, resume: Resume, local: Tensor) -> Tensor:
+        """This block as a last block of a resumed forward (``models.resume``): its
+        output ``[R, Q, d_model]`` at window offsets ``local`` (int64 ``[R, Q]``, ≥ 0) only;
+        offsets past the window are allowed when ``reads_sparsely`` and the window
+        reaches ``read_reach`` positions past its last changed input.
+
+        Past the last window position whose input differs from the cached run's, the
+        mixer's conv reaches d_conv − 1 positions; after them its output follows in
+        closed form (``MambaMixer.read_out``), so only that span is computed. Otherwise
+        (``reads_sparsely`` false) the whole window runs and is read at ``local``."""
+        mixer = resume.sub("mixer")
+        rows = torch.arange(resid.shape[0], device=resid.device)[:, None]
+        if not self.reads_sparsely(resume):
+            if bool((local >= resid.shape[1]).any()):
+                raise ValueError("forward_read: reads past the window need a block without hooks after "
+                                 "hook_resid_pre and without a state edit of its mixer")
+            return self.forward(resid, resume)[rows, local]
+        resid = self.hook_resid_pre(resid)
+        changed = (resid != resume.window("hook_resid_pre").to(resid.dtype)).any(-1)  # R window
+        offset = torch.arange(resid.shape[1], device=resid.device)
+        last = int(torch.where(changed, offset, -1).max()) if changed.numel() else -1
+        span = min(resid.shape[1], max(1, last + self.mixer.cfg.d_conv))
+        inside = (local < resid.shape[1])[..., None]
+        at = (resume.start[:, None] + local).clamp(max=resume.seq_len - 1)
+        resid_read = torch.where(inside, resid[rows, local.clamp(max=resid.shape[1] - 1)],
+                                 resume.cache[resume.scope + "hook_resid_pre"][resume.ex[:, None], at].to(resid.dtype))
+        return resid_read + self.mixer.read_out(self.norm(resid[:, :span]), mixer, local)
 
 
 class Mamba(LanguageModel):

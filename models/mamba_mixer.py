@@ -27,6 +27,7 @@ from torch import Tensor
 from interp.hooks import HookPoint
 from kernels import linear_recurrence, selective_scan
 from models.resume import Resume, StateEdit
+from models.resume_scan import read_state, scan_read_out, scan_window
 
 
 @dataclass(kw_only=True)
@@ -110,6 +111,12 @@ class MambaMixer(nn.Module):
     def A(self) -> Tensor:
         return -torch.exp(self.A_log.float())
 
+    @property
+    def A_log2(self) -> Tensor:
+        """A·log2(e): exp(Δ·A) = exp2(Δ·A_log2), which the resumed paths use (exp2 ran
+        3× faster than exp on this CPU, within an ulp or two of it)."""
+        return self.A * math.log2(math.e)
+
     def forward(self, hidden: Tensor, resume: Resume | None = None) -> Tensor:
         """hidden ``[b, L, d_model]`` -> ``[b, L, d_model]``.
 
@@ -142,18 +149,29 @@ class MambaMixer(nn.Module):
 
         want_states = self.hook_ssm_state.listened
         want_y = self.hook_ssm_out.listened or want_states
-        res = selective_scan(
-            u, delta, A, B, C, self.D.float(), z=None if want_y else z,
-            delta_softplus=False, initial_state=h0, state_positions="all" if want_states else None,
-            backend=cfg.scan_backend,
-        )
-        y = res.out
+        if resume is not None and self._window_scan(u):
+            y, states = scan_window(u, delta, self.A_log2, B, C, self.D, h0)
+            y = y.to(u.dtype) if want_y else (y * F.silu(z.float())).to(u.dtype)
+        else:
+            res = selective_scan(
+                u, delta, A, B, C, self.D.float(), z=None if want_y else z,
+                delta_softplus=False, initial_state=h0, state_positions="all" if want_states else None,
+                backend=cfg.scan_backend,
+            )
+            y, states = res.out, res.states
         if want_states:
-            y = self._states_through_hook(res.states, y, delta, A, C)
+            y = self._states_through_hook(states, y, delta, A, C)
         if want_y:
             y = self.hook_ssm_out(y)
             y = y * F.silu(z)
         return self.hook_out(self.out_proj(y))
+
+    def _window_scan(self, u: Tensor) -> bool:
+        """Whether a resumed window runs ``models.resume_scan.scan_window`` (on the CPU,
+        with the ``torch`` backend's arithmetic, without gradients) rather than
+        ``kernels.selective_scan``."""
+        return (u.device.type == "cpu" and self.cfg.scan_backend in ("auto", "torch")
+                and not torch.is_grad_enabled())
 
     def _edited(self, resume: Resume, edit: StateEdit) -> Tensor:
         """Output ``[R, window, d_model]`` when the rows' inputs are the cached run's
@@ -170,20 +188,58 @@ class MambaMixer(nn.Module):
                              "hooks on them cannot be combined with it")
         h_p = resume.cache[resume.scope + "hook_ssm_state"][resume.ex, edit.position]  # R d n
         e_p = edit.value.float() - h_p.float()
-        # Σ_{p<s≤t} Δ_s, summed from p on (not a difference of long prefix sums: exact
-        # for long L): over the window, plus the gap between p and a later window start.
         after = resume.positions >= edit.position[:, None]  # R t
-        past_p = resume.positions > edit.position[:, None]
-        decay_sum = (resume.window("hook_delta").float() * past_p[..., None]).cumsum(1)  # R t d
-        if bool((resume.start > edit.position + 1).any()):
-            seq = torch.arange(resume.seq_len, device=after.device)
-            gap = (seq[None] > edit.position[:, None]) & (seq[None] < resume.start[:, None])  # R L
-            decay_sum = decay_sum + (resume.full("hook_delta").float() * gap[..., None]).sum(1)[:, None]
-        e = (decay_sum[..., None] * self.A).exp_().mul_(e_p[:, None])  # r t d n, in place: one buffer
-        dy = einsum(e, resume.window("hook_C").float(), "r t d n, r t n -> r t d") * after[..., None]
+        decay_sum = resume.span_sum("hook_delta", edit.position, resume.positions)  # R t d: Σ_{p<s≤t} Δ_s
+        e = (decay_sum[..., None] * self.A_log2).exp2_().mul_(e_p[:, None])  # r t d n, in place: one buffer
+        dy = read_state(e, resume.window("hook_C").float()) * after[..., None]
         y0 = resume.window("hook_ssm_out")
         y = self.hook_ssm_out((y0.float() + dy).to(y0.dtype)) * F.silu(resume.window("hook_z"))
         return self.hook_out(self.out_proj(y))
+
+    def read_out(self, hidden: Tensor, resume: Resume, local: Tensor) -> Tensor:
+        """Output ``[R, Q, d_model]`` at window offsets ``local`` (int64 ``[R, Q]``, ≥ 0,
+        past the window too) only, when ``hidden`` ``[R, span, d_model]`` holds the
+        window's first ``span`` positions and the inputs after them are the cached run's.
+
+        After the span nothing the scan reads changes (x, hence u, Δ, B, C and z), so
+        the states there differ from the cached ones by the span's last difference
+        e = h'_end − h_end decaying with the cached Ā: a read at t past the span is
+        the cached y_t + C_t·exp(A·Σ_{end<s≤t} Δ_s)·e (``_edited``'s closed form). The
+        caller makes the span reach d_conv − 1 positions past the last changed input
+        (the conv's reach). No hook of the mixer may be listened to (none fires)."""
+        cfg = self.cfg
+        span = hidden.shape[1]
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        x_ext = torch.cat([resume.before("hook_x", cfg.d_conv - 1).to(x.dtype), x], dim=1)
+        u = rearrange(F.silu(F.conv1d(rearrange(x_ext, "r l d -> r d l"), self.conv1d.weight, self.conv1d.bias,
+                                      groups=self.conv1d.groups)), "r d l -> r l d")
+        dt, B, C = self.x_proj(u).split([cfg.rank, cfg.d_state, cfg.d_state], dim=-1)
+        delta = F.softplus(dt @ self.dt_proj.weight.T + self.dt_proj.bias)
+        h0 = resume.before("hook_ssm_state", 1)[:, 0]
+        in_span = local.clamp(max=span - 1)
+        h_end, y = scan_read_out(u, delta, self.A_log2, B, C, self.D.float(), h0, in_span)
+        rows = torch.arange(local.shape[0], device=local.device)[:, None]
+        y = y * F.silu(z[rows, in_span].float())
+        late = local >= span  # R q
+        if bool(late.any()):
+            y = torch.where(late[..., None], self._decayed_read(resume, h_end, span, local), y)
+        return self.out_proj(y.to(hidden.dtype))
+
+    def _decayed_read(self, resume: Resume, h_end: Tensor, span: int, local: Tensor) -> Tensor:
+        """Gated y ``[R, Q, d_inner]`` (fp32) at window offsets ``local`` past the span
+        (others: any value), from the cached run plus the decayed state difference at
+        the span's end (``read_out``)."""
+        end = resume.start + span - 1  # R, absolute
+        at = (resume.start[:, None] + local).clamp(max=resume.seq_len - 1)  # R q, absolute
+        ex = resume.ex[:, None]
+        state = resume.cache[resume.scope + "hook_ssm_state"]
+        e = h_end - state[resume.ex, end].float()  # R d n
+        decay_sum = resume.span_sum("hook_delta", end, at)  # R q d: Σ_{end<s≤t} Δ_s
+        e_t = (decay_sum[..., None] * self.A_log2).exp2_().mul_(e[:, None])  # R q d n
+        C = resume.cache[resume.scope + "hook_C"][ex, at].float()
+        y0 = resume.cache[resume.scope + "hook_ssm_out"][ex, at].float()
+        z = resume.cache[resume.scope + "hook_z"][ex, at].float()
+        return (y0 + read_state(e_t, C)) * F.silu(z)
 
     def _states_through_hook(self, h: Tensor, y: Tensor, delta: Tensor, A: Tensor, C: Tensor) -> Tensor:
         """Fire hook_ssm_state on h ``[b, L, d_inner, d_state]`` and fold any edit into y.

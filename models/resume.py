@@ -31,11 +31,17 @@ to the block, its resume reads) and its ``forward(resid, resume=None)`` honours 
 ``Resume``. ``resumable(model)`` says whether a model's blocks all do (Mamba,
 Transformer, B'MOJO and MoE-Mamba blocks do). A ``StateEdit`` carried by the resume
 replaces one SSM state per row; the Mamba mixer applies it in closed form, without a
-scan. ``tests/test_resume.py`` holds every resumed forward to the full one.
+scan. With ``read`` (positions per row), ``resume_blocks`` returns the residual there
+only, and a last Mamba block (``MambaBlock.forward_read``) computes just d_conv
+positions past the last changed input: later reads follow in the same closed form,
+so a patch of that block's input needs a window of d_conv positions, not one
+reaching the query. Resumed Mamba windows scan with ``models.resume_scan`` on the
+CPU. ``tests/test_resume.py`` holds every resumed forward to the full one.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -125,8 +131,21 @@ class Resume:
         values = self.cache[self.scope + hook]
         pos = self.start[:, None] - k + torch.arange(k, device=self.start.device)
         out = values[self.ex[:, None], pos.clamp(min=0)]
+        if int(self.start.min()) >= k:  # nothing before position 0: no padding
+            return out
         keep = (pos >= 0).reshape(*pos.shape, *([1] * (out.ndim - 2)))
         return torch.where(keep, out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+    def span_sum(self, hook: str, after: Int[Tensor, " row"], upto: Int[Tensor, "row q"]) -> Tensor:
+        """Σ over after < s ≤ upto of the cached values of ``scope + hook``: fp32
+        ``[R, q, ...]`` (zero where upto ≤ after). A difference of float64 prefix sums
+        over the sequence (computed once per cached tensor): exact to fp32 for any L."""
+        prefix = _prefix_sums(self.cache[self.scope + hook])
+        rows = self.ex[:, None]
+        total = prefix[rows, upto] - prefix[self.ex, after.clamp(min=0)][:, None]
+        total = torch.where((after >= 0)[:, None, *([None] * (total.ndim - 2))], total, prefix[rows, upto])
+        keep = (upto > after[:, None]).reshape(*upto.shape, *([1] * (total.ndim - 2)))
+        return torch.where(keep, total, 0.0).float()
 
     def scatter(self, full: Tensor, window: Tensor) -> Tensor:
         """``full [R, L, ...]`` with the window's values ``[R, length, ...]`` written at
@@ -143,6 +162,21 @@ class Resume:
         """bool ``[R, length, L]``: causal visibility of absolute key s from window slot t."""
         keys = torch.arange(self.seq_len, device=self.start.device)
         return keys[None, None, :] <= self.positions[:, :, None]
+
+
+_PREFIX: dict[int, tuple[weakref.ref, int, Tensor]] = {}  # id(values) -> (values, version, prefix sums)
+
+
+def _prefix_sums(values: Float[Tensor, "batch pos *rest"]) -> Float[Tensor, "batch pos *rest"]:
+    """float64 cumulative sums over positions, kept while ``values`` lives and is not
+    changed in place (its version counter)."""
+    key = id(values)
+    known = _PREFIX.get(key)
+    if known is None or known[0]() is not values or known[1] != values._version:
+        ref = weakref.ref(values, lambda _, key=key: _PREFIX.pop(key, None))
+        known = (ref, values._version, values.double().cumsum(1))
+        _PREFIX[key] = known
+    return known[2]
 
 
 def resumable(model) -> bool:
@@ -177,7 +211,8 @@ def resume_blocks(
     entry: Int[Tensor, " row"],
     edit: StateEdit | None = None,
     resid: Float[Tensor, "row window d_model"] | None = None,
-) -> Float[Tensor, "row window d_model"]:
+    read: Int[Tensor, "row q"] | None = None,
+) -> Float[Tensor, "row window d_model"] | Float[Tensor, "row q d_model"]:
     """Residual stream after the last block over each row's window.
 
     Row r enters at block ``entry[r]`` with the cached ``hook_resid_pre`` of that
@@ -187,7 +222,12 @@ def resume_blocks(
     (module docstring: window positions only). ``edit``: an SSM state replaced in
     every row (``StateEdit``). ``resid``: the residual each row enters with, instead
     of the cached one (e.g. another input's embedding, for a run that shares the
-    cached one's prefix).
+    cached one's prefix). ``read``: absolute positions; then only the residual there
+    is returned, ``[R, q, d_model]`` (positions before a row's window read its first
+    position: the caller masks them), and a last block that can (``forward_read``)
+    computes only what those positions need; positions after the window may be read
+    when that block ``reads_sparsely`` and the window reaches its ``read_reach`` past
+    the last patched position.
     """
     if entry.numel() > 1 and bool((entry[1:] < entry[:-1]).any()):
         raise ValueError("resume_blocks: rows must be sorted by entry block")
@@ -208,7 +248,19 @@ def resume_blocks(
             new = resid_in[n_old:n] if resid_in is not None else replace(
                 base, ex=ex[n_old:n], start=start[n_old:n], scope=f"blocks.{l}.", edit=None).window("hook_resid_pre")
             resid = new if resid is None else torch.cat([resid, new.to(resid.dtype)], dim=0)
+        if read is not None and l == len(model.blocks) - 1:
+            return _read_last(block, resid, scoped, (read.to(device) - start[:, None]).clamp(min=0))
         resid = block(resid, resume=scoped)
     if resid is None:
         raise ValueError("resume_blocks: no row enters any block")
     return resid
+
+
+def _read_last(block, resid: Tensor, resume: Resume, local: Tensor) -> Tensor:
+    """The last block's output ``[R, q, d_model]`` at window offsets ``local`` (≥ 0;
+    past the window only for a block whose ``forward_read`` allows it)."""
+    if hasattr(block, "forward_read"):
+        return block.forward_read(resid, resume, local)
+    if bool((local >= resume.length).any()):
+        raise ValueError(f"resume_blocks: {type(block).__name__} cannot be read past the window")
+    return block(resid, resume=resume)[torch.arange(resid.shape[0], device=resid.device)[:, None], local]

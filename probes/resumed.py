@@ -18,7 +18,14 @@ patched block is a last Mamba block (``local_after_mixer``), only the query posi
 are computed. Multi-position state units go through the hook (the scan re-run with
 the edit), as does every other hook.
 
-Logits are read at each row's query positions; a query before its row's window
+A patch of the last block's ``hook_resid_pre`` when that block is a Mamba block
+(``read_reach``) runs a window ending d_conv − 1 positions after the last patched
+position: ``MambaBlock.forward_read`` computes that span and reads the queries after
+it in closed form. Such rows share forwards only with each other (a hook on the
+block's mixer would make it compute whole windows).
+
+Logits are read at each row's query positions only (``resume_blocks``' ``read``),
+unembedded and reduced a batch of forwards at a time; a query before its row's window
 cannot be changed by the patch and keeps the unpatched run's logits.
 
 ``resumed_source`` runs the source of a patch the same way: from the base run's
@@ -88,9 +95,20 @@ def run_resumed(
         query = spec.query[ex[late]]
         first[late] = torch.where(query >= first[late][:, None], query, L).min(1).values
         length = (spec.last_position[ex] - first + 1).clamp(min=1)
-    groups = [(None, torch.nonzero(~editable)[:, 0])]
+    # Patches of the last block's input, when that block reads its queries sparsely:
+    # windows that end read_reach positions after the last patched position.
+    sparse = _sparse_reads(model, sites, site, ~editable, cache)
+    if bool(sparse.any()):
+        patched = _unit_positions(b_index, unit[sparse], ex[sparse]).amax(1)
+        reach = model.blocks[-1].read_reach
+        length[sparse] = torch.minimum(length[sparse], (patched - first[sparse] + 1 + reach).clamp(min=1))
+    groups = [(None, torch.nonzero(~editable & ~sparse)[:, 0]), (None, torch.nonzero(sparse)[:, 0])]
     groups += [(i, torch.nonzero(editable & (site == i))[:, 0]) for i in torch.unique(site[editable]).tolist()]
     forwards = 0
+    # Query residuals wait to be unembedded and reduced together (a few calls, not one
+    # per forward), up to memory_mb / 64 of logits: with a large vocabulary, larger
+    # batches of logits ran slower (out of cache), with a small one fewer calls win.
+    pending = _Pending(model, base_q, reduce, rows, memory_mb)
     for edit_site, members in groups:
         if not members.numel():
             continue
@@ -111,13 +129,55 @@ def run_resumed(
                 hooks = []
                 edit = _state_edit(sites[edit_site], unit[sel], ex[sel], b_index, s_index, src_cache, base_cache,
                                    combine)
-            with torch.no_grad(), attached(model, hooks):
-                resid = resume_blocks(model, cache, ex[sel], start, Ls, entry[sel], edit=edit)
             query = spec.query[ex[sel]]
-            logits = _query_logits(model, resid, query - start[:, None], query >= 0, base_q[ex[sel]])
-            for name, v in reduce(logits, ex[sel]).items():
-                rows[name][site[sel], unit[sel], ex[sel]] = v.to(device=rows[name].device, dtype=rows[name].dtype)
+            with torch.no_grad(), attached(model, hooks):
+                resid_q = resume_blocks(model, cache, ex[sel], start, Ls, entry[sel], edit=edit, read=query)
+            inside = (query >= 0) & (query >= start[:, None])
+            pending.add(site[sel], unit[sel], ex[sel], resid_q, inside.to(resid_q.device))
+    pending.flush()
     return forwards
+
+
+class _Pending:
+    """Query residuals of resumed forwards, unembedded and reduced in batches into
+    ``rows [site, unit, batch]``; queries outside a row's window keep ``base_q``."""
+
+    def __init__(self, model, base_q: Tensor, reduce: Callable, rows: dict[str, Tensor], memory_mb: float):
+        self.model, self.base_q, self.reduce, self.rows = model, base_q, reduce, rows
+        self.budget = memory_mb / 64 * 2**20 / (4 * base_q.shape[-1])  # query rows whose fp32 logits fit
+        self.parts: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]] = []
+        self.size = 0
+
+    def add(self, site: Tensor, unit: Tensor, ex: Tensor, resid_q: Tensor, inside: Tensor) -> None:
+        self.parts.append((site, unit, ex, resid_q, inside))
+        self.size += resid_q.shape[0] * resid_q.shape[1]
+        if self.size >= self.budget:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.parts:
+            return
+        site, unit, ex, resid_q, inside = (torch.cat(p) for p in zip(*self.parts))
+        self.parts, self.size = [], 0
+        logits = self.model.unembed_resid(resid_q)
+        logits = torch.where(inside[..., None], logits, self.base_q[ex].to(logits.dtype))
+        for name, v in self.reduce(logits, ex).items():
+            self.rows[name][site, unit, ex] = v.to(device=self.rows[name].device, dtype=self.rows[name].dtype)
+
+
+def _sparse_reads(model, sites: Sequence[HookSite], site: Tensor, candidates: Tensor,
+                  cache: Mapping[str, Tensor]) -> Tensor:
+    """bool ``[rows]``: rows patching the last block's ``hook_resid_pre`` (among
+    ``candidates``) when that block can be read past a short window
+    (``read_reach``: ``MambaBlock.forward_read``, from the mixer's cached y, Δ, C, z).
+    Only such rows may share a forward: a hook on the block's mixer would make it
+    compute whole windows."""
+    last = len(model.blocks) - 1
+    cached = f"blocks.{last}.mixer.hook_ssm_out" in cache
+    if getattr(model.blocks[last], "read_reach", None) is None or not cached:
+        return torch.zeros_like(candidates)
+    hit = torch.tensor([s.layer == last and s.name == f"blocks.{last}.hook_resid_pre" for s in sites])
+    return candidates & hit[site]
 
 
 def _editable(site: HookSite, unit_index: Tensor, cache: Mapping[str, Tensor]) -> bool:
@@ -159,18 +219,33 @@ def _state_edit(site: HookSite, unit: Tensor, ex: Tensor, b_index, s_index, src_
 def _split(length: Tensor, window_bytes: float, memory_mb: float, chunk_rows: int | None
            ) -> list[tuple[int, int]]:
     """[lo, hi) chunks of rows sorted by window length, each within the memory budget
-    at its longest window (or ``chunk_rows`` rows)."""
-    chunks, lo, n = [], 0, length.numel()
+    at its longest window (or ``chunk_rows`` rows). As few chunks as the budget
+    allows, evened out: the largest chunk is about as small as that many chunks can
+    make it (no one-row tail chunk paying a whole forward's overhead)."""
     lengths = length.tolist()
+    if chunk_rows:
+        return [(lo, min(lo + chunk_rows, len(lengths))) for lo in range(0, len(lengths), chunk_rows)]
+    cap = max(1.0, memory_mb * 2**20 / window_bytes)  # row-positions a forward may hold
+    chunks = _greedy(lengths, cap)
+    lo, hi = 1.0, cap  # the smallest budget giving as few chunks, to 1/256 of the cap
+    for _ in range(8 if len(chunks) > 1 else 0):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if len(_greedy(lengths, mid)) <= len(chunks) else (mid, hi)
+    return _greedy(lengths, hi)
+
+
+def _greedy(lengths: list[int], budget: float) -> list[tuple[int, int]]:
+    """[lo, hi) chunks of ascending ``lengths``, each as long as rows × its longest
+    window stays within ``budget`` (one row at least)."""
+    chunks, lo, n = [], 0, len(lengths)
     while lo < n:
-        hi = lo + 1
-        while hi < n:
-            cap = chunk_rows or max(1, int(memory_mb * 2**20 // (window_bytes * lengths[hi])))
-            if hi - lo + 1 > cap:
-                break
-            hi += 1
-        chunks.append((lo, hi))
-        lo = hi
+        # rows × longest grows with hi: the last hi within the budget, by bisection
+        a, b = lo + 1, n
+        while a < b:
+            mid = (a + b + 1) // 2
+            a, b = (mid, b) if (mid - lo) * lengths[mid - 1] <= budget else (a, mid - 1)
+        chunks.append((lo, a))
+        lo = a
     return chunks
 
 

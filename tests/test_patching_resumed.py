@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from interp.tasks import make_task
+from interp.tasks import corrupt, make_task
 from models import BMojo, Mamba, MoEMamba, Transformer
 from probes.batched import run_interventions
 from probes.metrics import answer_spec
@@ -185,3 +185,78 @@ def test_a_model_with_hooks_attached_runs_whole_sequences(batches):
         assert _max_diff(fast, ref) < 1e-5
     finally:
         model.reset_hooks()
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_a_patch_making_the_block_input_the_source_copies_the_source_run(kind):
+    """Value corruption changes one token: patching the first block's input there makes
+    the rest of the forward the source run, whose metrics are copied (no forward)."""
+    task = make_task("ar", **TASK)
+    clean = task.sample(6, 0)
+    corr = corrupt(clean, "value", 1)
+    model = build(kind, clean.vocab_size)
+    hooks = CASES[kind][1]
+    ref = patching_sweep_reference(model, clean, corr, hooks, "all")
+    fast = patching_sweep(model, clean, corr, hooks, "all", progress=False)
+    assert fast.attrs["engine_rows_source"] >= 6  # layer 0, the corrupted position, each example
+    assert _max_diff(fast, ref) < 1e-5
+
+
+def test_last_mamba_block_is_read_in_closed_form(batches, monkeypatch):
+    """Patches of the last Mamba block's input run windows of d_conv positions (read
+    past them in closed form), single and multi-position units alike."""
+    from models.mamba_mixer import MambaMixer
+
+    clean, corr = batches
+    model = build("mamba", clean.vocab_size)
+    calls = []
+    decayed = MambaMixer._decayed_read
+    monkeypatch.setattr(MambaMixer, "_decayed_read", lambda self, *a: calls.append(1) or decayed(self, *a))
+    units = ["queried_key", "key", "*", (3, 7), 5, 9]
+    ref = patching_sweep_reference(model, clean, corr, "resid_pre,mixer.hook_x", units)
+    # small chunks: a chunk's window is its longest row's
+    fast = patching_sweep(model, clean, corr, "resid_pre,mixer.hook_x", units, chunk_rows=2, progress=False)
+    assert calls and _max_diff(fast, ref) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["mamba", "transformer", "bmojo"])
+def test_small_memory_budgets_give_even_chunks(kind, batches):
+    """Without chunk_rows the budget sets the chunks (evened out); many small chunks
+    still equal the reference."""
+    clean, corr = batches
+    model = build(kind, clean.vocab_size)
+    hooks = CASES[kind][1]
+    ref = patching_sweep_reference(model, clean, corr, hooks, "all")
+    fast = patching_sweep(model, clean, corr, hooks, "all", memory_mb=0.05, progress=False)
+    assert fast.attrs["engine_forwards"] > 10
+    assert _max_diff(fast, ref) < 1e-5
+
+
+def test_chunks_are_as_few_as_the_budget_allows_and_even():
+    from probes.resumed import _greedy, _split
+
+    lengths = torch.tensor([1] * 10 + [3] * 7 + [8] * 5 + [13])
+    row_bytes = 100.0
+    cap = 2**20 * 0.004 / row_bytes  # ~42 row-positions
+    chunks = _split(lengths, row_bytes, 0.004, None)
+    cost = [(hi - lo) * int(lengths[hi - 1]) for lo, hi in chunks]
+    assert chunks[0][0] == 0 and chunks[-1][1] == len(lengths)
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+    assert len(chunks) == len(_greedy(lengths.tolist(), cap)) and max(cost) <= cap
+    assert min(hi - lo for lo, hi in chunks) > 1  # no one-row tail
+    assert _split(lengths, row_bytes, 0.004, 5) == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
+
+
+def test_position_differences_are_exact():
+    from probes.batched import _position_differs
+
+    base = torch.tensor([[[0.0, 1.0], [float("nan"), 2.0], [-0.0, 3.0], [1.0, 1e-45]]])
+    source = torch.tensor([[[0.0, 1.0], [float("nan"), 2.0], [0.0, 3.0], [1.0, 0.0]]])
+    want = (base != source).any(-1)  # NaN differs from itself; -0 equals 0; a subnormal step counts
+    assert torch.equal(_position_differs(base, source), want)
+    inf = torch.full((1, 1, 2), float("inf"))
+    assert bool(_position_differs(inf, inf).all())  # counted as a change: the row runs, still exact
+    ints = torch.tensor([[[1, 2], [3, 4]]])
+    moved = ints.clone()
+    moved[0, 1, 0] += 1
+    assert torch.equal(_position_differs(ints, moved), torch.tensor([[False, True]]))

@@ -183,3 +183,103 @@ def test_models_without_resume_support_say_so():
     assert not resumable(Custom(vocab_size=V, d_model=16, n_layers=1, d_state=4))
     assert not resumable(torch.nn.Linear(2, 2))
     assert isinstance(build("mamba"), LanguageModel) and resumable(build("mamba"))
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_reading_positions_equals_the_full_forward(kind):
+    """``read``: the residual after the last block at given positions only (a Mamba last
+    block computes just what they need; other blocks run the window and gather)."""
+    model = build(kind)
+    toks = tokens()
+    last = f"blocks.{len(model.blocks) - 1}.hook_resid_post"
+    read = torch.stack([START + LS - 1, START + 1], dim=1)  # R 2, inside each window
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks, names_filter=resume_hook_names(model, edits=True) + [last])
+        out = resume_blocks(model, cache.cache_dict, EX, START, LS, ENTRY, read=read)
+    assert out.shape == (len(EX), 2, 16)
+    assert torch.allclose(out, cache[last][EX[:, None], read], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_last_mamba_block_reads_past_a_short_window(width):
+    """A patch of the last block's input at ``width`` positions needs a window of
+    width + d_conv − 1 positions: later reads follow in closed form, and equal a full
+    forward with the same patch."""
+    model = build("mamba")
+    toks = tokens()
+    name, last = "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"
+    reach = model.blocks[1].read_reach
+    ex, start = torch.tensor([0, 2, 1]), torch.tensor([2, 5, 0])
+    read = torch.stack([torch.full((3,), L - 1), start + 1, start + width + reach + 2], dim=1)
+    bump = torch.randn(width, 16)
+
+    def edit_window(act, hook):
+        act = act.clone()
+        act[:, :width] += bump
+        return act
+
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks, names_filter=resume_hook_names(model, edits=True))
+        with model.hooks(fwd_hooks=[(name, edit_window)]):
+            out = resume_blocks(model, cache.cache_dict, ex, start, width + reach, torch.ones(3, dtype=torch.long),
+                                read=read)
+        refs = []
+        for r in range(3):
+            def edit_full(act, hook, p=int(start[r])):
+                act = act.clone()
+                act[:, p : p + width] += bump
+                return act
+            with model.hooks(fwd_hooks=[(name, edit_full)]):
+                _, c = model.run_with_cache(toks[ex[r] : ex[r] + 1], names_filter=last)
+            refs.append(c[last][0, read[r]])
+    assert torch.allclose(out, torch.stack(refs), atol=1e-5, rtol=1e-5)
+
+
+def test_reads_past_the_window_need_a_quiet_last_block():
+    """With a hook on the last mixer, the last block runs its whole window: a read past
+    it is refused rather than answered wrongly."""
+    model = build("mamba")
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens(), names_filter=resume_hook_names(model, edits=True))
+        args = (model, cache.cache_dict, torch.tensor([0]), torch.tensor([2]), 4, torch.tensor([1]))
+        with model.hooks(fwd_hooks=[("blocks.1.mixer.hook_x", lambda x, hook: x)]):
+            inside = resume_blocks(*args, read=torch.tensor([[5]]))
+            with pytest.raises(ValueError, match="past the window"):
+                resume_blocks(*args, read=torch.tensor([[9]]))
+        assert torch.allclose(inside, resume_blocks(*args, read=torch.tensor([[5]])), atol=1e-6)
+
+
+def test_window_scans_equal_the_reference_scan():
+    """models.resume_scan == kernels' float64 reference: every state and y of a window
+    from an initial state, and the final state and y at a few reads."""
+    from kernels import selective_scan
+    from models.resume_scan import scan_read_out, scan_window
+
+    g = torch.Generator().manual_seed(3)
+    R, T, d, n = 3, 7, 8, 4
+    u, C, B = (torch.randn(R, T, k, generator=g) for k in (d, n, n))
+    delta = torch.rand(R, T, d, generator=g) * 0.5
+    A = -torch.rand(d, n, generator=g) * 4
+    D, h0 = torch.randn(d, generator=g), torch.randn(R, d, n, generator=g)
+    ref = selective_scan(u, delta, A, B, C, D, delta_softplus=False, initial_state=h0, state_positions="all",
+                         return_final_state=True, backend="reference")
+    A_log2 = A * torch.log2(torch.tensor(torch.e))
+    y, states = scan_window(u, delta, A_log2, B, C, D, h0)
+    assert torch.allclose(y, ref.out, atol=1e-5) and torch.allclose(states, ref.states, atol=1e-5)
+    read = torch.tensor([[6, 2], [0, 0], [3, 6]])
+    final, y_read = scan_read_out(u, delta, A_log2, B, C, D, h0, read)
+    assert torch.allclose(final, ref.final_state, atol=1e-5)
+    assert torch.allclose(y_read, ref.out[torch.arange(R)[:, None], read], atol=1e-5)
+
+
+def test_span_sums_are_sums():
+    from models.resume import Resume
+
+    values = torch.rand(2, 9, 3)
+    res = Resume(torch.tensor([1, 0, 1]), torch.tensor([0, 2, 4]), 3, 9, {"x": values})
+    after, upto = torch.tensor([-1, 3, 5]), torch.tensor([[4, 0], [3, 8], [8, 6]])
+    got = res.span_sum("x", after, upto)
+    for r in range(3):
+        for q in range(2):
+            want = values[res.ex[r], int(after[r]) + 1 : int(upto[r, q]) + 1].sum(0)
+            assert torch.allclose(got[r, q], want, atol=1e-6)
