@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,16 @@ FORMAT = "ssmlens-checkpoint-1"
 
 class CheckpointError(RuntimeError):
     """A checkpoint directory that is missing, incomplete or does not fit the model."""
+
+
+def weights_digest(directory: str | Path) -> str:
+    """sha256 of a checkpoint's weights file: tells a retrained checkpoint at the same
+    path from the one a stored result was computed on."""
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS_FILE} in checkpoint directory {directory}")
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def save_model(model, directory: str | Path) -> Path:

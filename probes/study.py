@@ -33,6 +33,7 @@ import torch
 import xarray as xr
 
 from interp.hook_names import hook_suffix
+from models.checkpoint import weights_digest
 
 ROLE_UNITS = ("queried_key", "queried_value", "query", "last")
 
@@ -130,7 +131,8 @@ def run_patching_study(
     corr = corrupt(clean, corruption, seed + 1)
     roles = [r for r in roles if r in clean.roles]
     config = {
-        "kind": "patching_study", "checkpoint": str(ckpt), "model_type": model.model_type,
+        "kind": "patching_study", "checkpoint": str(ckpt), "checkpoint_sha256": weights_digest(ckpt),
+        "model_type": model.model_type,
         "model_config": model.config_dict(), "task": task, "task_config": task_kwargs,
         "n_examples": n_examples, "corruption": corruption, "seed": seed, "hooks": hooks,
         "direction": direction, "roles": roles,

@@ -33,3 +33,16 @@ def test_demo_writes_stores_and_reuses_them(tmp_path, tiny_demo, capsys):
     assert main(["demo", "--runs", str(tmp_path), "--examples", "8", "--no-serve"]) == 0
     again = {name: open_run(tmp_path / "demo" / name).attrs.get("created_at") for name in tiny_demo}
     assert again == stamps  # finished studies are reused, not rewritten
+
+
+def test_demo_reruns_the_study_of_a_retrained_checkpoint(tmp_path, tiny_demo, monkeypatch):
+    """New demo settings retrain a model at the same path: its stored study, computed
+    on the old weights, must not be reused."""
+    assert main(["demo", "--runs", str(tmp_path), "--examples", "8", "--no-serve"]) == 0
+    before = {name: open_run(tmp_path / "demo" / name).config["checkpoint_sha256"] for name in tiny_demo}
+    changed = dict(tiny_demo, mamba=dict(tiny_demo["mamba"], lr=tiny_demo["mamba"]["lr"] / 2))
+    monkeypatch.setattr(demo_train, "DEMO_SETTINGS", changed)
+    assert main(["demo", "--runs", str(tmp_path), "--examples", "8", "--no-serve"]) == 0
+    after = {name: open_run(tmp_path / "demo" / name).config["checkpoint_sha256"] for name in tiny_demo}
+    assert after["mamba"] != before["mamba"]  # retrained, and its study re-run on the new weights
+    assert {k: v for k, v in after.items() if k != "mamba"} == {k: v for k, v in before.items() if k != "mamba"}

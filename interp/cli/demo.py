@@ -28,13 +28,16 @@ def add_arguments(parser) -> None:
 
 
 def _study(checkpoint, out, examples: int) -> str:
-    """Run the patching study unless a complete store of this checkpoint is there."""
+    """Run the patching study unless a complete store of this checkpoint (same path and
+    same weights: a demo with new settings retrains at the same path) is there."""
     from interp.store import StoreError, open_run
+    from models.checkpoint import weights_digest
     from probes.study import run_patching_study
 
     try:
         run = open_run(out)
-        if run.config.get("checkpoint") == str(checkpoint) and run.config.get("n_examples") == examples:
+        if (run.config.get("checkpoint") == str(checkpoint) and run.config.get("n_examples") == examples
+                and run.config.get("checkpoint_sha256") == weights_digest(checkpoint)):
             return str(out)
     except StoreError:
         pass
