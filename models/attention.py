@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import einsum, rearrange
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.hooks import HookPoint
@@ -81,8 +82,9 @@ class Attention(nn.Module):
     def resumed(self, q: Tensor, k: Tensor, v: Tensor, resume: Resume) -> Tensor:
         """z ``[R, window, head, d_head]`` of the window's queries over every key
         (cached ones, the window's own written over them), causal in absolute positions."""
-        k_all = resume.scatter(resume.full("hook_k"), k)  # R L h e
-        v_all = resume.scatter(resume.full("hook_v"), v)
+        k_all, v_all = resume.full("hook_k"), resume.full("hook_v")  # R L h e, fresh copies: written in place
+        at = (torch.arange(k.shape[0], device=k.device)[:, None], resume.positions)
+        k_all[at], v_all[at] = k.to(k_all.dtype), v.to(v_all.dtype)
         if self.positional == "rotary":
             q, k_all = rotary(q, positions=resume.positions), rotary(k_all)
         visible = resume.key_visible()  # R window L
@@ -93,6 +95,29 @@ class Attention(nn.Module):
             rearrange(v_all, "b p h e -> b h p e"), attn_mask=visible[:, None],
         )
         return self.hook_z(rearrange(z, "b h p e -> b p h e"))
+
+    def forward_read(self, x_new: Float[Tensor, "n d_model"], row: Int[Tensor, " n"], pos: Int[Tensor, " n"],
+                     x_q: Float[Tensor, "row q d_model"], at: Int[Tensor, "row q"], resume: Resume
+                     ) -> Float[Tensor, "row q d_model"]:
+        """Attention output at the read positions only, for ``TransformerBlock.forward_read``
+        (no hook listens to this module): queries from x_q (normalized inputs at absolute
+        positions ``at``) over every key of each row, the cached ones with new keys and
+        values written at (``row``, absolute ``pos``) from ``x_new``; causal in absolute
+        positions. Same arithmetic as ``resumed``, restricted to the rows read."""
+        k_all, v_all = resume.full("hook_k"), resume.full("hook_v")  # R L h e, fresh copies
+        if row.numel():
+            k_all[row, pos] = self.W_K(x_new).unflatten(-1, (self.n_heads, self.d_head)).to(k_all.dtype)
+            v_all[row, pos] = self.W_V(x_new).unflatten(-1, (self.n_heads, self.d_head)).to(v_all.dtype)
+        q = self.split_heads(self.W_Q(x_q))
+        if self.positional == "rotary":
+            q, k_all = rotary(q, positions=at), rotary(k_all)
+        keys = torch.arange(k_all.shape[1], device=at.device)
+        visible = keys[None, None, :] <= at[:, :, None]  # R q L
+        z = F.scaled_dot_product_attention(
+            rearrange(q, "b p h e -> b h p e"), rearrange(k_all, "b p h e -> b h p e"),
+            rearrange(v_all, "b p h e -> b h p e"), attn_mask=visible[:, None],
+        )
+        return self.W_O(rearrange(z, "b h p e -> b p (h e)"))
 
     def explicit_attention(self, q: Tensor, k: Tensor, v: Tensor, visible: Tensor | None = None) -> Tensor:
         """Reference attention with the pattern materialized and hooked; ``visible``

@@ -35,7 +35,11 @@ scan. With ``read`` (positions per row), ``resume_blocks`` returns the residual 
 only, and a last Mamba block (``MambaBlock.forward_read``) computes just d_conv
 positions past the last changed input: later reads follow in the same closed form,
 so a patch of that block's input needs a window of d_conv positions, not one
-reaching the query. Resumed Mamba windows scan with ``models.resume_scan`` on the
+reaching the query. A last Transformer block (``TransformerBlock.forward_read``)
+computes keys and values only where its input changed and the query, attention
+output and MLP only at the positions read (``read_reach`` 0: a patch of its input
+needs a window of the patched positions). Either block runs its whole window, hooks
+firing as in a forward, when anything listens inside it. Resumed Mamba windows scan with ``models.resume_scan`` on the
 CPU. ``tests/test_resume.py`` holds every resumed forward to the full one.
 """
 

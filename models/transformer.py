@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.hooks import HookPoint
@@ -63,10 +64,54 @@ class TransformerBlock(nn.Module):
         self.hook_resid_mid = HookPoint()
         self.hook_resid_post = HookPoint()
 
+    # forward_read reads past the window: a position after every changed input keeps the
+    # cached residual, and only its query sees the new keys (models.resume).
+    read_reach = 0
+    read_hooks = ()  # what forward_read needs cached beyond resume_hooks
+    # Hooks whose value at t reaches the block's output at t alone (after attention mixes
+    # positions): in a last block, a patch there changes only the positions it patches.
+    local_hooks = ("attn.hook_q", "attn.hook_z", "attn.hook_out", "hook_resid_mid", "mlp.hook_pre",
+                   "mlp.hook_post", "mlp.hook_out", "hook_resid_post")
+
     def forward(self, resid: Tensor, resume: Resume | None = None) -> Tensor:
         resid = self.hook_resid_pre(resid)
         resid = self.hook_resid_mid(resid + self.attn(self.ln1(resid), resume and resume.sub("attn")))
         return self.hook_resid_post(resid + self.mlp(self.ln2(resid)))
+
+    def reads_sparsely(self, resume: Resume) -> bool:
+        """Whether ``forward_read`` computes only what its reads need: nothing sees the
+        block (nor any module in it) after ``hook_resid_pre``: no hook of ours, torch's
+        or nnsight's, which would otherwise be given partial values."""
+        return all(HookPoint._untouched(m) for m in self.modules() if m is not self.hook_resid_pre)
+
+    def forward_read(self, resid: Float[Tensor, "row window d_model"], resume: Resume,
+                     local: Int[Tensor, "row q"]) -> Float[Tensor, "row q d_model"]:
+        """This block as the last block of a resumed forward (``models.resume``): its
+        output at window offsets ``local`` (≥ 0) only. Offsets past the window are
+        allowed when ``reads_sparsely`` (the residual there is the cached run's).
+
+        Keys and values are computed only where the window's input differs from the
+        cached run's (elsewhere they are the cached ones); the query, attention output
+        and MLP only at the rows read. Otherwise (``reads_sparsely`` false) the whole
+        window runs, hooks fire as in ``forward``, and it is read at ``local``."""
+        rows = torch.arange(resid.shape[0], device=resid.device)[:, None]
+        width = resid.shape[1]
+        if not self.reads_sparsely(resume):
+            if bool((local >= width).any()):
+                raise ValueError("forward_read: reads past the window need a block without hooks after "
+                                 "hook_resid_pre")
+            return self(resid, resume=resume)[rows, local]
+        resid = self.hook_resid_pre(resid)
+        changed = (resid != resume.window("hook_resid_pre").to(resid.dtype)).any(-1)  # R window
+        r_new, t_new = torch.nonzero(changed, as_tuple=True)
+        at = (resume.start[:, None] + local).clamp(max=resume.seq_len - 1)  # absolute positions read
+        inside = (local < width)[..., None]
+        resid_q = torch.where(inside, resid[rows, local.clamp(max=width - 1)],
+                              resume.cache[resume.scope + "hook_resid_pre"][resume.ex[:, None], at].to(resid.dtype))
+        attn = self.attn.forward_read(self.ln1(resid[r_new, t_new]), r_new, resume.start[r_new] + t_new,
+                                      self.ln1(resid_q), at, resume.sub("attn"))
+        resid_q = resid_q + attn
+        return resid_q + self.mlp(self.ln2(resid_q))
 
 
 class Transformer(LanguageModel):

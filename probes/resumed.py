@@ -22,7 +22,13 @@ A patch of the last block's ``hook_resid_pre`` when that block is a Mamba block
 (``read_reach``) runs a window ending d_conv − 1 positions after the last patched
 position: ``MambaBlock.forward_read`` computes that span and reads the queries after
 it in closed form. Such rows share forwards only with each other (a hook on the
-block's mixer would make it compute whole windows).
+block's mixer would make it compute whole windows). A last Transformer block
+(``TransformerBlock.forward_read``, ``read_reach`` 0) computes new keys and values
+where its input changed and everything else at the queries only: a patch of its input
+runs a window of the patched positions. Rows patching inside the last block (whose
+hooks make it run whole windows) share forwards only with each other; a patch there of
+a position-local hook (``local_hooks``: after a Transformer's attention) starts at the
+first query it patches, and one patching no query runs no forward at all.
 
 Logits are read at each row's query positions only (``resume_blocks``' ``read``),
 unembedded and reduced a batch of forwards at a time; a query before its row's window
@@ -88,8 +94,20 @@ def run_resumed(
     # Single-position SSM state patches: a StateEdit (closed form, no scan), per site.
     editable = torch.cat([torch.full((t[2].numel(),), _editable(sites[t[0]], b_index[t[1]], cache)) for t in todo])
     b_index, s_index = stack_units(b_index), stack_units(s_index)
-    # A state edit in a last block that mixes no positions after its SSM: only the queries are read.
     n_blocks = len(model.blocks)
+    # A patch of a last block's hook that is position-local there (``local_hooks``: after a
+    # Transformer's attention) changes the positions it patches only: the window starts at
+    # the first query among them (the writer leaves positions before the window alone);
+    # with none, nothing read changes.
+    local = [f"blocks.{n_blocks - 1}.{h}" for h in getattr(model.blocks[-1], "local_hooks", ())]
+    late = ~editable & torch.tensor([s.name in local for s in sites], dtype=torch.bool)[site]
+    if bool(late.any()):
+        query = spec.query[ex[late]]
+        patched = _unit_positions(b_index, unit[late], ex[late])  # -1 padded
+        hit = ((query[:, :, None] == patched[:, None, :]) & (query >= 0)[:, :, None]).any(-1)
+        first[late] = torch.where(hit, query, L).min(1).values
+        length = (spec.last_position[ex] - first + 1).clamp(min=1)
+    # A state edit in a last block that mixes no positions after its SSM: only the queries are read.
     if getattr(model.blocks[-1], "local_after_mixer", False):
         late = editable & (entry == n_blocks - 1)
         query = spec.query[ex[late]]
@@ -102,14 +120,28 @@ def run_resumed(
         patched = _unit_positions(b_index, unit[sparse], ex[sparse]).amax(1)
         reach = model.blocks[-1].read_reach
         length[sparse] = torch.minimum(length[sparse], (patched - first[sparse] + 1 + reach).clamp(min=1))
-    groups = [(None, torch.nonzero(~editable & ~sparse)[:, 0]), (None, torch.nonzero(sparse)[:, 0])]
+    # Rows patching inside the last block (after its input) attach hooks there, which makes
+    # it compute whole windows: they share forwards only with each other.
+    inner = ~editable & ~sparse & (entry == n_blocks - 1)
+    groups = [(None, torch.nonzero(~editable & ~sparse & ~inner)[:, 0]), (None, torch.nonzero(inner)[:, 0]),
+              (None, torch.nonzero(sparse)[:, 0])]
     groups += [(i, torch.nonzero(editable & (site == i))[:, 0]) for i in torch.unique(site[editable]).tolist()]
     forwards = 0
     # Query residuals wait to be unembedded and reduced together (a few calls, not one
     # per forward), up to memory_mb / 64 of logits: with a large vocabulary, larger
     # batches of logits ran slower (out of cache), with a small one fewer calls win.
     pending = _Pending(model, base_q, reduce, rows, memory_mb)
+    # Rows moved past every query (a last-block patch before them all) change nothing read:
+    # they keep the unpatched logits without a forward.
+    dead = first >= L
+    if bool(dead.any()):
+        none = torch.nonzero(dead)[:, 0]
+        resid = cache["blocks.0.hook_resid_pre"]
+        shape = (none.numel(), spec.query.shape[1])
+        pending.add(site[none], unit[none], ex[none], resid.new_zeros(*shape, resid.shape[-1]),
+                    torch.zeros(shape, dtype=torch.bool, device=resid.device))
     for edit_site, members in groups:
+        members = members[~dead[members]]
         if not members.numel():
             continue
         # Sort by window length, then entry block: chunks of similar windows.
@@ -168,12 +200,14 @@ class _Pending:
 def _sparse_reads(model, sites: Sequence[HookSite], site: Tensor, candidates: Tensor,
                   cache: Mapping[str, Tensor]) -> Tensor:
     """bool ``[rows]``: rows patching the last block's ``hook_resid_pre`` (among
-    ``candidates``) when that block can be read past a short window
-    (``read_reach``: ``MambaBlock.forward_read``, from the mixer's cached y, Δ, C, z).
-    Only such rows may share a forward: a hook on the block's mixer would make it
-    compute whole windows."""
+    ``candidates``) when that block can be read past a short window (``read_reach``:
+    ``MambaBlock.forward_read``, from the mixer's cached y, Δ, C, z; or
+    ``TransformerBlock.forward_read``, from the cached keys and values). Only such rows
+    may share a forward: a hook in the block would make it compute whole windows."""
     last = len(model.blocks) - 1
-    cached = f"blocks.{last}.mixer.hook_ssm_out" in cache
+    # What the block's forward_read needs cached (a Mamba block: the mixer's y, Δ, C, z).
+    needs = getattr(model.blocks[last], "read_hooks", ("mixer.hook_ssm_out",))
+    cached = all(f"blocks.{last}.{h}" in cache for h in needs)
     if getattr(model.blocks[last], "read_reach", None) is None or not cached:
         return torch.zeros_like(candidates)
     hit = torch.tensor([s.layer == last and s.name == f"blocks.{last}.hook_resid_pre" for s in sites])

@@ -260,3 +260,24 @@ def test_position_differences_are_exact():
     moved = ints.clone()
     moved[0, 1, 0] += 1
     assert torch.equal(_position_differs(ints, moved), torch.tensor([[False, True]]))
+
+
+@pytest.mark.parametrize("kind", ["transformer", "transformer_rotary"])
+def test_last_transformer_block_reads_only_the_queries(kind, batches, monkeypatch):
+    """A last Transformer block computes new keys and values and the query rows only
+    (``TransformerBlock.forward_read``), patches of its position-local hooks run from
+    the first query they cover, and hooks in it fall back to whole windows: the sweep
+    still equals one forward per patch, single and multi-position units alike."""
+    from models.attention import Attention
+
+    clean, corr = batches
+    model = build(kind, clean.vocab_size)
+    calls = []
+    read = Attention.forward_read
+    monkeypatch.setattr(Attention, "forward_read", lambda self, *a: calls.append(1) or read(self, *a))
+    hooks = "resid_pre,attn.hook_out,hook_resid_mid,mlp.hook_post,attn.hook_q,attn.hook_pattern"
+    units = ["queried_key", "key", "*", (3, 7), 5, 9]
+    ref = patching_sweep_reference(model, clean, corr, hooks, units)
+    fast = patching_sweep(model, clean, corr, hooks, units, chunk_rows=3, progress=False)
+    assert calls and _max_diff(fast, ref) < 1e-5
+    assert _no_hooks_left(model)

@@ -283,3 +283,77 @@ def test_span_sums_are_sums():
         for q in range(2):
             want = values[res.ex[r], int(after[r]) + 1 : int(upto[r, q]) + 1].sum(0)
             assert torch.allclose(got[r, q], want, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["transformer", "transformer_rotary"])
+@pytest.mark.parametrize("width", [1, 2])
+def test_last_transformer_block_reads_past_a_short_window(kind, width):
+    """A patch of a last Transformer block's input needs a window of the patched
+    positions only: new keys and values there, the queries read anywhere later; equal
+    to a full forward with the same patch."""
+    model = build(kind)
+    toks = tokens()
+    name, last = "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"
+    assert model.blocks[1].read_reach == 0
+    ex, start = torch.tensor([0, 2, 1]), torch.tensor([2, 5, 0])
+    read = torch.stack([torch.full((3,), L - 1), start + width - 1, start + width + 2, start], dim=1)
+    bump = torch.randn(width, 16)
+
+    def edit_window(act, hook):
+        act = act.clone()
+        act[:, :width] += bump
+        return act
+
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks, names_filter=resume_hook_names(model))
+        with model.hooks(fwd_hooks=[(name, edit_window)]):
+            out = resume_blocks(model, cache.cache_dict, ex, start, width, torch.ones(3, dtype=torch.long), read=read)
+        refs = []
+        for r in range(3):
+            def edit_full(act, hook, p=int(start[r])):
+                act = act.clone()
+                act[:, p : p + width] += bump
+                return act
+            with model.hooks(fwd_hooks=[(name, edit_full)]):
+                _, c = model.run_with_cache(toks[ex[r] : ex[r] + 1], names_filter=last)
+            refs.append(c[last][0, read[r]])
+    assert (out - torch.stack(refs)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["transformer", "transformer_rotary"])
+def test_last_transformer_block_computes_only_the_reads(kind, monkeypatch):
+    """Entering below the last block, the last block computes keys and values at the
+    changed positions and everything else at the reads only (the MLP sees R × q rows)."""
+    from models.mlp import MLP
+
+    model = build(kind)
+    seen = []
+    mlp_forward = MLP.forward
+    monkeypatch.setattr(MLP, "forward", lambda self, x: seen.append(x.shape) or mlp_forward(self, x))
+    last = "blocks.1.hook_resid_post"
+    read = torch.stack([START + LS - 1, START + 1], dim=1)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens(), names_filter=resume_hook_names(model) + [last])
+        seen.clear()
+        out = resume_blocks(model, cache.cache_dict, EX, START, LS, ENTRY, read=read)
+    assert seen[-1][:2] == (len(EX), 2)
+    assert (out - cache[last][EX[:, None], read]).abs().max() <= 1e-5
+
+
+def test_hooks_on_a_last_transformer_block_see_whole_windows():
+    """A hook inside the last Transformer block makes it run its window as a forward
+    (the hook sees every window position); a read past the window is then refused."""
+    model = build("transformer")
+    shapes = []
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens(), names_filter=resume_hook_names(model) + ["blocks.1.hook_resid_post"])
+        args = (model, cache.cache_dict, torch.tensor([0, 1]), torch.tensor([2, 3]), 4, torch.tensor([0, 1]))
+        quiet = resume_blocks(*args, read=torch.tensor([[5], [4]]))
+        with model.hooks(fwd_hooks=[("blocks.1.mlp.hook_out", lambda x, hook: shapes.append(x.shape) or x)]):
+            hooked = resume_blocks(*args, read=torch.tensor([[5], [4]]))
+            with pytest.raises(ValueError, match="past the window"):
+                resume_blocks(*args, read=torch.tensor([[9], [4]]))
+    assert shapes[0][:2] == (2, 4)
+    assert (quiet - hooked).abs().max() <= 1e-6
+    ref = cache["blocks.1.hook_resid_post"][torch.tensor([0, 1]), torch.tensor([5, 4])][:, None]
+    assert (quiet - ref).abs().max() <= 1e-5
