@@ -60,6 +60,22 @@ LS = 5
 def _at_windows(full, ex=EX, start=START, length=LS):
     return full[ex[:, None], start[:, None] + torch.arange(length)]
 
+def _bumped_full_forwards(model, toks, ex, start, width, bump, name, last, read):
+    """Reference for a bumped window: for each row r, a full forward of example ex[r]
+    with ``bump`` added to hook ``name`` at start[r] … start[r] + width − 1, read at
+    hook ``last``, positions read[r]."""
+    refs = []
+    for r in range(len(ex)):
+        def edit_full(act, hook, p=int(start[r])):
+            act = act.clone()
+            act[:, p : p + width] += bump
+            return act
+        with model.hooks(fwd_hooks=[(name, edit_full)]):
+            _, c = model.run_with_cache(toks[ex[r] : ex[r] + 1], names_filter=last)
+        refs.append(c[last][0, read[r]])
+    return torch.stack(refs)
+
+
 
 @pytest.mark.parametrize("kind", list(MODELS))
 @pytest.mark.parametrize("explicit", [False, True])
@@ -223,16 +239,8 @@ def test_last_mamba_block_reads_past_a_short_window(width):
         with model.hooks(fwd_hooks=[(name, edit_window)]):
             out = resume_blocks(model, cache.cache_dict, ex, start, width + reach, torch.ones(3, dtype=torch.long),
                                 read=read)
-        refs = []
-        for r in range(3):
-            def edit_full(act, hook, p=int(start[r])):
-                act = act.clone()
-                act[:, p : p + width] += bump
-                return act
-            with model.hooks(fwd_hooks=[(name, edit_full)]):
-                _, c = model.run_with_cache(toks[ex[r] : ex[r] + 1], names_filter=last)
-            refs.append(c[last][0, read[r]])
-    assert torch.allclose(out, torch.stack(refs), atol=1e-5, rtol=1e-5)
+        refs = _bumped_full_forwards(model, toks, ex, start, width, bump, name, last, read)
+    assert torch.allclose(out, refs, atol=1e-5, rtol=1e-5)
 
 
 def test_reads_past_the_window_need_a_quiet_last_block():
@@ -308,16 +316,8 @@ def test_last_transformer_block_reads_past_a_short_window(kind, width):
         _, cache = model.run_with_cache(toks, names_filter=resume_hook_names(model))
         with model.hooks(fwd_hooks=[(name, edit_window)]):
             out = resume_blocks(model, cache.cache_dict, ex, start, width, torch.ones(3, dtype=torch.long), read=read)
-        refs = []
-        for r in range(3):
-            def edit_full(act, hook, p=int(start[r])):
-                act = act.clone()
-                act[:, p : p + width] += bump
-                return act
-            with model.hooks(fwd_hooks=[(name, edit_full)]):
-                _, c = model.run_with_cache(toks[ex[r] : ex[r] + 1], names_filter=last)
-            refs.append(c[last][0, read[r]])
-    assert (out - torch.stack(refs)).abs().max() <= 1e-5
+        refs = _bumped_full_forwards(model, toks, ex, start, width, bump, name, last, read)
+    assert (out - refs).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("kind", ["transformer", "transformer_rotary"])
