@@ -3,7 +3,7 @@ Chromium under 2 s, every callback under 300 ms of server time.
 
 Store: the demo's runs (``runs/`` when ``ssmlens demo`` wrote complete runs there) or,
 by default when there are none, a demo-like store written by
-``dashboards.sample_store`` (Mamba, Transformer, B'MOJO; 2 layers, 8 examples of 256
+``ssmlens.dashboards.sample_store`` (Mamba, Transformer, B'MOJO; 2 layers, 8 examples of 256
 tokens) in a temporary directory.
 
 - First render: a fresh navigation to each page × run (``/gating?run=...``) with the
@@ -60,7 +60,7 @@ const t0 = performance.now();
 
 
 def demo_store_ready(path: Path) -> bool:
-    from interp.store import list_runs
+    from ssmlens.interp.store import list_runs
 
     try:
         return sum(r.complete for r in list_runs(path)) >= 1
@@ -69,7 +69,7 @@ def demo_store_ready(path: Path) -> bool:
 
 
 def build_store(root: Path) -> Path:
-    from dashboards.sample_store import write_sample_store
+    from ssmlens.dashboards.sample_store import write_sample_store
 
     write_sample_store(root, prefix="demo", seq_len=256, n_examples=8, d_model=64, n_pairs=8, patch_positions=16)
     return root
@@ -164,10 +164,10 @@ def direct_timings(ctx, runs: list[str], repeats: int = 3) -> dict[str, float]:
     """Each render callback's function time with the reader's caches emptied (cold),
     called alone (no other callback competing for the cores): median of ``repeats``,
     worst run."""
-    from dashboards import controls
-    from dashboards.app import route
-    from dashboards.pages import PAGES as MODULES, compare, interventions, states
-    from dashboards.reader import clear_caches
+    from ssmlens.dashboards import controls
+    from ssmlens.dashboards.app import route
+    from ssmlens.dashboards.pages import PAGES as MODULES, compare, interventions, states
+    from ssmlens.dashboards.reader import clear_caches
 
     class Capture:
         def __init__(self):
@@ -250,9 +250,9 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    from dashboards.app import create_app
-    from dashboards.catalog import list_rows
-    from dashboards.reader import clear_caches
+    from ssmlens.dashboards.app import create_app
+    from ssmlens.dashboards.catalog import list_rows
+    from ssmlens.dashboards.reader import clear_caches
 
     info = machine()
     tmp = None
@@ -264,7 +264,7 @@ def main() -> int:
         tmp = tempfile.TemporaryDirectory(prefix="ssmlens-dash-bench-")
         t0 = time.perf_counter()
         root = build_store(Path(tmp.name))
-        source = (f"a demo-like sample store (`dashboards.sample_store`: Mamba, Transformer, B'MOJO; 2 layers, "
+        source = (f"a demo-like sample store (`ssmlens.dashboards.sample_store`: Mamba, Transformer, B'MOJO; 2 layers, "
                   f"d_model 64, 8 MQAR examples of 256 tokens; written in {time.perf_counter() - t0:.0f} s)")
     app = create_app(root)
     ctx = app.ssmlens

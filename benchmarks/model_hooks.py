@@ -19,10 +19,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from scan import write_section  # noqa: E402
+from scan import write_section  # benchmarks/scan.py: this script's folder is on sys.path
 
 
 def main():
@@ -34,7 +32,7 @@ def main():
     args = ap.parse_args()
     import triton.testing
 
-    import models
+    from ssmlens import models
 
     dtype = getattr(torch, args.dtype)
     cfg = models.MambaConfig(d_model=768, n_layers=2, vocab_size=50280)

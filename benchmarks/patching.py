@@ -15,7 +15,7 @@ a full sweep over every layer × every position of the given hooks is run three 
   d_conv positions after a patch of its input (the queries then in closed form),
   patches that make a block's whole input the source's copied from the source run,
   the source run itself resumed where its tokens leave the base's, logits only at
-  the query: ``probes.resumed``);
+  the query: ``ssmlens.probes.resumed``);
 - ``batched, no shortcuts``: stacking alone (``causal=skip_noop=resume=False``).
 
 Every result is checked against the reference: the largest difference of the raw
@@ -43,9 +43,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interp.tasks import corrupt, make_task
-from models import Mamba, Transformer
-from probes.patching import patching_sweep, patching_sweep_reference
+from ssmlens.interp.tasks import corrupt, make_task
+from ssmlens.models import Mamba, Transformer
+from ssmlens.probes.patching import patching_sweep, patching_sweep_reference
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Patching"
@@ -198,7 +198,7 @@ def main() -> None:
 NOTES = """Reading the numbers:
 
 - The batched sweep returns the reference's numbers (max difference ≤ 1e-5, checked)
-  and every patched row is a *resumed forward* (`probes.resumed`, `models.resume`): a
+  and every patched row is a *resumed forward* (`ssmlens.probes.resumed`, `ssmlens.models.resume`): a
   patch at block l, position p computes only positions p … query of blocks ≥ l, from
   the unpatched run's cached residual, SSM state at p − 1, conv window and attention
   keys/values; a single-position `hook_ssm_state` patch adds its closed-form effect
@@ -206,7 +206,7 @@ NOTES = """Reading the numbers:
   only the queries (a patch of its input computes d_conv positions, then the same
   closed form); a patch making a block's whole input the source's copies the source
   run's metrics; the source run is itself resumed where its tokens leave the base's.
-- Resumed Mamba windows run `models.resume_scan` (the `torch` backend's arithmetic
+- Resumed Mamba windows run `ssmlens.models.resume_scan` (the `torch` backend's arithmetic
   without its per-chunk stack and batched-matmul readout, Ā by exp2).
 - The ratio moves with the machine's load: the reference is one full forward per
   patch and pays more page faults and cache misses when neighbours are busy, so a

@@ -29,10 +29,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from kernels import triton_scan  # noqa: E402
-from kernels.scan import selective_scan  # noqa: E402
+from ssmlens.kernels import triton_scan
+from ssmlens.kernels.scan import selective_scan
 
 SHAPES = [(8, 2048, 1536, 16), (8, 512, 1536, 16), (1, 8192, 1536, 16)]
 MODES = ["none", "all", "pos64", "ov64"]
@@ -187,7 +186,8 @@ def grads_for(x, kw, impl):
 def cmd_tests(workers):
     """The ``gpu`` tests of tests/test_triton_scan.py (pytest-xdist workers if > 1)."""
     par = ["-n", str(workers)] if workers > 1 else []
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *par, "-m", "gpu",
+    # -P: the checkout root stays off sys.path (its kernels/ would shadow Hugging Face's `kernels`)
+    r = subprocess.run([sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", *par, "-m", "gpu",
                         str(ROOT / "tests/test_triton_scan.py")], cwd=ROOT)
     print("GPU TESTS", "PASSED" if r.returncode == 0 else "FAILED", flush=True)
     return r.returncode == 0

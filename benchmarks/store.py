@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interp.store import create_run
-from interp.store.encoding import CHUNK_BYTES
+from ssmlens.interp.store import create_run
+from ssmlens.interp.store.encoding import CHUNK_BYTES
 
 
 def make_cache(mb: float, hooks: int) -> dict[str, torch.Tensor]:

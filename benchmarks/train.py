@@ -22,16 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import torch
+import yaml
+import torch.nn as nn
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
-import torch.nn as nn  # noqa: E402
-
-from interp.demo_train import DEMO_TASK, demo_config  # noqa: E402
-from interp.hooks import HookPoint  # noqa: E402
-from interp.training import Trainer, TrainConfig, build_task  # noqa: E402
-from interp.training.optim import build_model_seeded, make_optimizer  # noqa: E402
+from ssmlens.interp.demo_train import DEMO_TASK, demo_config
+from ssmlens.interp.hooks import HookPoint
+from ssmlens.interp.training import Trainer, TrainConfig, build_task
+from ssmlens.interp.training.optim import build_model_seeded, make_optimizer
 
 CPU_TARGETS = {"transformer": 0.99, "mamba": 0.90}
 CPU_BUDGET_S = 300.0
@@ -82,7 +80,7 @@ def train_row(config: TrainConfig, target: float, budget_s: float | None = None)
 
 def scan_backend_on_cuda() -> str:
     """'triton' when the fused kernel runs here (what backend='auto' picks on CUDA), else 'torch'."""
-    from kernels import selective_scan
+    from ssmlens.kernels import selective_scan
 
     x = torch.zeros(1, 4, 8, device="cuda")
     bc = torch.zeros(1, 4, 4, device="cuda")

@@ -8,7 +8,7 @@ example (no batch axis), so they are tested directly and cost nothing to import.
   α[t, s, d] = Σ_n C[t, n] · exp(Σ_{r=s+1..t} Δ[r, d]·A[d, n]) · Δ[s, d]·B[s, n], s ≤ t;
 - ``pca_2d``: a 2-D projection of a trajectory of states;
 - ``split_bmojo`` / ``memory_occupancy``: B'MOJO's window / eidetic / fading columns
-  (the layout of ``models.bmojo_attention``, redone in numpy so that no model is
+  (the layout of ``ssmlens.models.bmojo_attention``, redone in numpy so that no model is
   imported at request time) and how full its eidetic memory is at each position.
 """
 
@@ -193,7 +193,7 @@ def split_bmojo(pattern: np.ndarray, window: int) -> BMojoParts:
 
 def memory_occupancy(write: np.ndarray, window: int, memory_size: int) -> np.ndarray:
     """Tokens in query t's eidetic memory ``[pos]``: written tokens s ≤ t − window, at most
-    ``memory_size`` (the FIFO of ``models.bmojo_memory.memory_mask``)."""
+    ``memory_size`` (the FIFO of ``ssmlens.models.bmojo_memory.memory_mask``)."""
     w = np.asarray(write) > 0.5
     count = np.cumsum(w)  # writes in [0, s]
     t = np.arange(len(w))

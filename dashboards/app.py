@@ -1,12 +1,12 @@
 """The ssmlens dashboard: ``create_app(runs_dir)`` -> a multi-page ``dash.Dash`` app.
 
-Pages (``dashboards.pages``, one module each) share a shell: page links, and the run /
-example / token selectors (``dashboards.controls``). Routing is a callback on the URL
+Pages (``ssmlens.dashboards.pages``, one module each) share a shell: page links, and the run /
+example / token selectors (``ssmlens.dashboards.controls``). Routing is a callback on the URL
 rather than ``dash.page_registry``, which is process-global: tests and benchmarks
 build several apps over different run directories in one process.
 
 Everything heavy stays on the server: callbacks read zarr slices through the memoized
-``dashboards.reader`` and send figures; the browser only holds run ids and figures.
+``ssmlens.dashboards.reader`` and send figures; the browser only holds run ids and figures.
 ``GET /_ssmlens/timings`` returns the server time of every callback so far (JSON).
 """
 
@@ -18,10 +18,10 @@ from pathlib import Path
 from dash import Dash, Input, Output, State, dcc, html
 from flask import jsonify
 
-from dashboards import controls, figures
-from dashboards.components import register_downloads
-from dashboards.context import Context, status_message
-from dashboards.pages import PAGES, page_for
+from ssmlens.dashboards import controls, figures
+from ssmlens.dashboards.components import register_downloads
+from ssmlens.dashboards.context import Context, status_message
+from ssmlens.dashboards.pages import PAGES, page_for
 
 ASSETS = str(Path(__file__).with_name("assets"))
 

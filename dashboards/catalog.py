@@ -1,7 +1,7 @@
 """The list of runs under the runs directory, one summary row each (the Runs page, the
 run selector and the Compare page).
 
-Rows come from ``interp.store.list_runs``, which reads only each run's ``zarr.json``,
+Rows come from ``ssmlens.interp.store.list_runs``, which reads only each run's ``zarr.json``,
 so listing stays cheap however large the runs are. Config keys are read tolerantly:
 a run written by an older or a hand-made script may lack any of them.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from dashboards.reader import Reader, RunAccessError
-from interp.store import StoreError, list_runs
+from ssmlens.dashboards.reader import Reader, RunAccessError
+from ssmlens.interp.store import StoreError, list_runs
 
 ACCURACY_KEYS = ("accuracy", "acc", "test_acc", "eval_acc", "val_acc", "answer_acc")
 MODEL_KEYS = ("model_type", "model", "model_name", "architecture")

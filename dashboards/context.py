@@ -18,8 +18,8 @@ from typing import Any
 from dash import Output, no_update
 from dash.exceptions import PreventUpdate
 
-from dashboards import figures
-from dashboards.reader import Reader, RunAccessError
+from ssmlens.dashboards import figures
+from ssmlens.dashboards.reader import Reader, RunAccessError
 
 log = logging.getLogger("ssmlens.dashboard")
 

@@ -16,10 +16,10 @@ from urllib.parse import parse_qs
 from dash import Input, Output, State, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from dashboards import catalog
-from dashboards.components import control
-from dashboards.context import Context, status_message
-from dashboards.reader import RunAccessError
+from ssmlens.dashboards import catalog
+from ssmlens.dashboards.components import control
+from ssmlens.dashboards.context import Context, status_message
+from ssmlens.dashboards.reader import RunAccessError
 
 
 def first_query(example) -> int:

@@ -224,7 +224,7 @@ def warm_up() -> None:
     fig.add_shape(type="rect", x0=0, x1=1, y0=0, y1=1)
     fig.add_hline(y=0, annotation_text="a")
     style(fig, "", note="a")
-    from dashboards import analysis  # torch's first matmul and numpy's first eigh pay set-up costs
+    from ssmlens.dashboards import analysis  # torch's first matmul and numpy's first eigh pay set-up costs
 
     analysis.implicit_attention(np.ones((2, 1)), -np.ones((1, 1)), np.ones((2, 1)), np.ones((2, 1)))
     analysis.pca_2d(np.eye(3))

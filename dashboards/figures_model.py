@@ -14,7 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboards.figures import COLORS, downsample, mark_position, message, style
+from ssmlens.dashboards.figures import COLORS, downsample, mark_position, message, style
 
 ROLE_COLORS = {
     "": "#f4f4f4", "noise": "#e6e6e6", "last": "#d9d9d9", "key": "#6baed6", "value": "#74c476",

@@ -7,7 +7,7 @@ refused, and a path that is not a complete run is refused with a message that th
 pages show instead of a traceback (``RunAccessError``).
 
 Reads are memoized (an LRU like ``functools.lru_cache`` that also computes each key
-once when callbacks ask concurrently: ``dashboards.memo``) keyed by ``(run path,
+once when callbacks ask concurrently: ``ssmlens.dashboards.memo``) keyed by ``(run path,
 mtime)`` plus what is read, where mtime is that of the run's ``zarr.json`` (rewritten
 when a run is replaced or finished), so a callback that asks for the same slice twice
 reads it once and a run rewritten on disk is never served stale. Slices come back as read-only numpy arrays:
@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from dashboards.memo import Memo, memo
-from interp.hook_names import hook_layer, hook_suffix
-from interp.store import (
+from ssmlens.dashboards.memo import Memo, memo
+from ssmlens.interp.hook_names import hook_layer, hook_suffix
+from ssmlens.interp.store import (
     CorruptRunError, IncompleteRunError, MissingEntryError, NotARunError, RunNotFoundError,
     StoreError, open_run,
 )
@@ -118,10 +118,10 @@ def _listing(url: str, mtime: int, what: str) -> tuple[str, ...]:
 @memo(256)
 def _result_info(url: str, mtime: int, name: str) -> tuple[tuple[str, ...], tuple[int, ...], dict]:
     """(dims, shape, coords) of a result from its metadata alone (the layout of
-    ``interp.store.layout``), so that menus can be built without reading values."""
+    ``ssmlens.interp.store.layout``), so that menus can be built without reading values."""
     import zarr
 
-    from interp.store import layout as L
+    from ssmlens.interp.store import layout as L
 
     array = zarr.open_array(url, path=f"{L.RESULTS}/{L.escape_path(name)}", mode="r")
     dims = tuple(array.metadata.dimension_names or (f"dim_{i}" for i in range(array.ndim)))
@@ -240,7 +240,7 @@ class Reader:
     # -- run level ----------------------------------------------------------------------------
 
     def open(self, run_id: str):
-        """The ``interp.store.Run`` (complete runs only)."""
+        """The ``ssmlens.interp.store.Run`` (complete runs only)."""
         return self._call(run_id, "metadata", _open)
 
     def config(self, run_id: str) -> dict:

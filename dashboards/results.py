@@ -5,7 +5,7 @@ advance (``patching/resid_pre (layer, pos)``, ``probe/accuracy (hook, layer, pos
 metric)``, ``ablation/acc (model, task, ablation)``, ...). Two dims are drawn (layer ×
 position when present, else the last two), a 1-D result is a line, and every other
 dim is fixed by a *slice* choice ("mean over them", or one label each). Known kinds
-get the figure their probe module draws (``probes.probe_figures``).
+get the figure their probe module draws (``ssmlens.probes.probe_figures``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import xarray as xr
 
-from dashboards import figures
+from ssmlens.dashboards import figures
 
 POSITION_DIMS = ("pos", "position", "query_pos", "seq", "token")
 LAYER_DIMS = ("layer", "layers", "block")
@@ -161,15 +161,15 @@ PATCHING_DIMS = {"metric", "hook", "layer", "pos", "role", "batch"}
 
 
 def probe_figure(da: xr.DataArray, name: str, choice: str | None, roles: list[str] | None = None):
-    """The figure the probes' own modules draw for this result (``probes.figures``,
-    ``probes.probe_figures``), with the metric / hook of the slice; None when none fits
+    """The figure the probes' own modules draw for this result (``ssmlens.probes.figures``,
+    ``ssmlens.probes.probe_figures``), with the metric / hook of the slice; None when none fits
     (or the result is too large for them: they do not downsample)."""
     family = name.split("/")[0]
     index = chosen_index(da, choice)
     if is_probe_sweep(da):
         if index:
             return None  # one slice of the sweep: the generic heatmap of it
-        from probes.probe_figures import probe_accuracy_figure
+        from ssmlens.probes.probe_figures import probe_accuracy_figure
 
         return probe_accuracy_figure(da)
     fits = "layer" in da.dims and ({"pos", "role"} & set(da.dims)) and set(da.dims) <= PATCHING_DIMS
@@ -182,7 +182,7 @@ def probe_figure(da: xr.DataArray, name: str, choice: str | None, roles: list[st
     labels = None  # positions labelled by role when the probe did not record labels itself
     if roles and "pos" in da.dims and da.attrs.get("pos_labels") is None:
         labels = axis_labels(da, "pos", roles)
-    from probes import figures as probe_figures
+    from ssmlens.probes import figures as probe_figures
 
     if family in ("patching", "patching_roles"):
         return probe_figures.patching_heatmap(da, metric=metric, hook=hook, labels=labels)
@@ -197,7 +197,7 @@ def axis_labels(sub: xr.DataArray, dim: str, roles: list[str] | None) -> list[st
     """Labels along ``dim``; positions get their role ("12 k") when ``roles`` are given."""
     labels = _labels(sub, dim)
     if roles and dim in POSITION_DIMS:
-        from dashboards.catalog import position_labels
+        from ssmlens.dashboards.catalog import position_labels
 
         return position_labels(labels, roles)
     return [str(v) for v in labels]

@@ -1,6 +1,6 @@
 """A small, realistic set of run stores for the dashboard's tests, benchmark and
 screenshots: tiny random Mamba, Transformer and B'MOJO models run with
-``run_with_cache`` on an MQAR batch, written with ``interp.store`` like the demo's runs
+``run_with_cache`` on an MQAR batch, written with ``ssmlens.interp.store`` like the demo's runs
 (batch, activation cache, checkpoint, metrics, patching / attribution / probe results
 and an ablation table).
 
@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interp.store import create_run
-from interp.tasks.corrupt import corrupt
-from interp.tasks.registry import make_task
+from ssmlens.interp.store import create_run
+from ssmlens.interp.tasks.corrupt import corrupt
+from ssmlens.interp.tasks.registry import make_task
 
 KEEP = ("hook_embed", "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "mixer.hook_delta", "mixer.hook_B",
         "mixer.hook_C", "mixer.hook_ssm_state", "mixer.hook_out", "attn.hook_pattern", "attn.hook_out",
@@ -30,8 +30,8 @@ KEEP = ("hook_embed", "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "mi
 def build(name: str, vocab: int, d_model: int, n_layers: int, seed: int):
     """A random model of family ``name`` (B'MOJO: a random innovation predictor and τ at
     the 80th percentile of its scores, so that some tokens are written)."""
-    from models import Mamba, Transformer
-    from models.bmojo import BMojo
+    from ssmlens.models import Mamba, Transformer
+    from ssmlens.models.bmojo import BMojo
 
     torch.manual_seed(seed)
     common = {"vocab_size": vocab, "d_model": d_model, "n_layers": n_layers}
@@ -187,8 +187,8 @@ def write_one(root: Path, prefix: str, name: str, *, n_layers: int, seq_len: int
 
 
 def probe_sweep(cache, batch, seed: int):
-    """Linear probes for the queried value on the residual stream (``probes.linear``)."""
-    from probes.linear import probe_sweep as sweep
+    """Linear probes for the queried value on the residual stream (``ssmlens.probes.linear``)."""
+    from ssmlens.probes.linear import probe_sweep as sweep
 
     return sweep({k: v for k, v in cache.items() if k.endswith("hook_resid_post")}, batch, "resid_post",
                  "queried_value", positions=["queried_key", "queried_value", "query"], seed=seed)

@@ -38,7 +38,7 @@ def address(host: str, port: int) -> str:
 
 def serve(runs_dir: str | os.PathLike = "runs", host: str = "127.0.0.1", port: int = 8050) -> int:
     """Serve the dashboard over ``runs_dir`` until interrupted; returns an exit status."""
-    from dashboards.app import create_app
+    from ssmlens.dashboards.app import create_app
 
     runs = Path(runs_dir).expanduser()
     if not runs.is_dir():

@@ -1,5 +1,5 @@
 import sys
 
-from interp.cli import main
+from ssmlens.interp.cli import main
 
 sys.exit(main())

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from interp.training import RunConfigMismatch, Trainer, TrainConfig
+from ssmlens.interp.training import RunConfigMismatch, Trainer, TrainConfig
 
 DEMO_TASK = {"n_keys": 32, "n_values": 32, "n_pairs": 4}
 

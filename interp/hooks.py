@@ -26,7 +26,7 @@ from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.hook_points import HookPoint as _TLHookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
-from interp.hook_names import check_hook_names
+from ssmlens.interp.hook_names import check_hook_names
 
 _NNSIGHT_STATE = "__nnsight__"  # where nnsight keeps its per-module controller state
 

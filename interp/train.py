@@ -1,10 +1,10 @@
-"""The trainer's public entry point (issue 5): ``from interp.train import train, TrainConfig``.
+"""The trainer's public entry point (issue 5): ``from ssmlens.interp.train import train, TrainConfig``.
 
-The implementation lives in :mod:`interp.training` (config, schedule, data,
+The implementation lives in :mod:`ssmlens.interp.training` (config, schedule, data,
 evaluate, checkpointing, loop); this module re-exports it.
 """
 
-from interp.training import (
+from ssmlens.interp.training import (
     ConfigError,
     RunDir,
     TrainConfig,

@@ -19,8 +19,8 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from kernels.reference import selective_scan_reference
-from kernels.torch_scan import selective_scan_torch
+from ssmlens.kernels.reference import selective_scan_reference
+from ssmlens.kernels.torch_scan import selective_scan_torch
 
 BACKENDS = ("auto", "triton", "torch", "reference")
 
@@ -37,7 +37,7 @@ class ScanInputError(ValueError):
 
 def _triton_backend() -> Callable | None:
     try:
-        from kernels.triton_scan import selective_scan_triton
+        from ssmlens.kernels.triton_scan import selective_scan_triton
     except ImportError:
         return None
     return selective_scan_triton

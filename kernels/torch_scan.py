@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor
 
-from kernels.linear_recurrence import recurrence_time_major
+from ssmlens.kernels.linear_recurrence import recurrence_time_major
 
 CHUNK = 64
 

@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_fwd import (_SIZES, LOG2E, _chunk_dt, _dt_of, _flags, _load_idx, _load_row, _load_state,
+from ssmlens.kernels.triton_fwd import (_SIZES, LOG2E, _chunk_dt, _dt_of, _flags, _load_idx, _load_row, _load_state,
                                 _load_tile, _store_state)
 
 

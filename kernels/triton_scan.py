@@ -1,6 +1,6 @@
 """`triton` backend of the selective scan: launch plan, autograd Function, entry point.
 
-``selective_scan_triton`` takes the normalized call of ``kernels.scan`` and runs the
+``selective_scan_triton`` takes the normalized call of ``ssmlens.kernels.scan`` and runs the
 kernels of ``triton_fwd.py`` (forward) and ``triton_bwd.py`` (backward). When any
 input needs a gradient, the forward also stores h every ``T_bwd`` positions
 (checkpoints) and the call goes through ``_ScanFunction``, so gradients reach u, Δ,
@@ -28,7 +28,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from kernels import triton_bwd, triton_fwd
+from ssmlens.kernels import triton_bwd, triton_fwd
 
 
 @dataclass(frozen=True)
@@ -180,8 +180,8 @@ def _modules(interpret: bool) -> tuple[ModuleType, ModuleType]:
         old = os.environ.get("TRITON_INTERPRET")
         os.environ["TRITON_INTERPRET"] = "1"
         try:
-            fwd = _load_copy("kernels._triton_fwd_interpreted", triton_fwd.__file__)
-            bwd = _load_copy("kernels._triton_bwd_interpreted", triton_bwd.__file__)
+            fwd = _load_copy("ssmlens.kernels._triton_fwd_interpreted", triton_fwd.__file__)
+            bwd = _load_copy("ssmlens.kernels._triton_bwd_interpreted", triton_bwd.__file__)
         finally:
             if old is None:
                 del os.environ["TRITON_INTERPRET"]

@@ -1,12 +1,12 @@
-"""Instrumented sequence models (DESIGN §2). ``import models`` needs torch, einops,
+"""Instrumented sequence models (DESIGN §2). ``import ssmlens.models`` needs torch, einops,
 safetensors and transformer_lens' hook points only."""
 
-from models.bmojo import BMojo, BMojoConfig
-from models.checkpoint import CheckpointError, load_model, save_model
-from models.mamba import Mamba, MambaConfig
-from models.moe_mamba import MoEMamba, MoEMambaConfig
-from models.registry import build_model, model_class, model_names, register
-from models.transformer import Transformer, TransformerConfig
+from ssmlens.models.bmojo import BMojo, BMojoConfig
+from ssmlens.models.checkpoint import CheckpointError, load_model, save_model
+from ssmlens.models.mamba import Mamba, MambaConfig
+from ssmlens.models.moe_mamba import MoEMamba, MoEMambaConfig
+from ssmlens.models.registry import build_model, model_class, model_names, register
+from ssmlens.models.transformer import Transformer, TransformerConfig
 
 __all__ = [
     "BMojo",

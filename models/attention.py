@@ -18,8 +18,8 @@ from einops import einsum, rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.hooks import HookPoint
-from models.resume import Resume
+from ssmlens.interp.hooks import HookPoint
+from ssmlens.models.resume import Resume
 
 
 def rotary(x: Tensor, base: float = 10000.0, positions: Tensor | None = None) -> Tensor:
@@ -59,7 +59,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, resume: Resume | None = None) -> Tensor:
         """x ``[b, pos, d_model]`` (already normalized) -> ``[b, pos, d_model]``.
 
-        With ``resume`` (``models.resume``), x holds each row's window: its queries
+        With ``resume`` (``ssmlens.models.resume``), x holds each row's window: its queries
         read the cached keys and values of every earlier position."""
         q = self.hook_q(self.split_heads(self.W_Q(x)))
         k = self.hook_k(self.split_heads(self.W_K(x)))

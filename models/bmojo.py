@@ -46,14 +46,14 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from interp.hooks import HookPoint
-from models.bmojo_attention import BMojoAttention, PatternParts, split_pattern
-from models.bmojo_memory import EideticMemory, memory_mask, window_mask
-from models.lm import LanguageModel
-from models.mamba_mixer import MambaMixer, MixerOptions
-from models.mlp import MLP
-from models.norm import make_norm
-from models.resume import Resume
+from ssmlens.interp.hooks import HookPoint
+from ssmlens.models.bmojo_attention import BMojoAttention, PatternParts, split_pattern
+from ssmlens.models.bmojo_memory import EideticMemory, memory_mask, window_mask
+from ssmlens.models.lm import LanguageModel
+from ssmlens.models.mamba_mixer import MambaMixer, MixerOptions
+from ssmlens.models.mlp import MLP
+from ssmlens.models.norm import make_norm
+from ssmlens.models.resume import Resume
 
 __all__ = ["BMojo", "BMojoBlock", "BMojoConfig", "PatternParts", "split_pattern"]
 
@@ -125,7 +125,7 @@ class BMojoBlock(nn.Module):
         self.hook_resid_post = HookPoint()
 
     def forward(self, resid: Tensor, resume: Resume | None = None) -> Tensor:
-        """resid ``[b, L, d_model]``; with ``resume`` (``models.resume``) each row's
+        """resid ``[b, L, d_model]``; with ``resume`` (``ssmlens.models.resume``) each row's
         window, the memory and the attention keys before it read from the cache."""
         cfg = self.cfg
         resid = self.hook_resid_pre(resid)
@@ -158,7 +158,7 @@ class BMojo(LanguageModel):
 
     Hooks: ``blocks.{l}.mixer.*`` (DESIGN §2), ``blocks.{l}.memory.hook_fading`` /
     ``hook_innovation`` / ``hook_write``, ``blocks.{l}.attn.hook_q/k/v/k_fading/
-    v_fading/attn_scores/pattern/z/out`` (pattern layout: ``models.bmojo_attention``),
+    v_fading/attn_scores/pattern/z/out`` (pattern layout: ``ssmlens.models.bmojo_attention``),
     ``blocks.{l}.mlp.*`` and ``blocks.{l}.hook_resid_pre/mid/post``.
     """
 

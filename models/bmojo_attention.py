@@ -32,10 +32,10 @@ from einops import einsum, rearrange
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from interp.hooks import HookPoint
-from models.attention import Attention, rotary
-from models.bmojo_memory import window_mask
-from models.resume import Resume
+from ssmlens.interp.hooks import HookPoint
+from ssmlens.models.attention import Attention, rotary
+from ssmlens.models.bmojo_memory import window_mask
+from ssmlens.models.resume import Resume
 
 
 class PatternParts(NamedTuple):
@@ -76,7 +76,7 @@ class BMojoAttention(Attention):
     ) -> Float[Tensor, "batch pos d_model"]:
         """x: block input (queries and token keys/values); fading: f_t per query;
         visible: window ∪ memory mask over token keys; fading_visible: False drops
-        the fading column (no SSM). With ``resume`` (``models.resume``), x and fading
+        the fading column (no SSM). With ``resume`` (``ssmlens.models.resume``), x and fading
         hold each row's window, visible is ``[R, window, L]`` and the token keys and
         values of every position are the cached ones with the window's written in."""
         q = self.hook_q(self.split_heads(self.W_Q(x)))

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from interp.hooks import HookPoint
-from models.resume import Resume
+from ssmlens.interp.hooks import HookPoint
+from ssmlens.models.resume import Resume
 
 
 def innovation_error(
@@ -115,7 +115,7 @@ class EideticMemory(nn.Module):
     ) -> Float[Tensor, "batch pos"]:
         """Innovation scores and writes for block input u and fading tokens f.
 
-        With ``resume`` (``models.resume``), u and f hold each row's window and
+        With ``resume`` (``ssmlens.models.resume``), u and f hold each row's window and
         ``u_cached`` ``[R, L, d_model]`` is the cached run's block input: errors are
         computed over the whole sequence with the window written in, then read there."""
         if resume is None:

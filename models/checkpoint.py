@@ -66,6 +66,20 @@ def read_config(directory: str | Path) -> dict:
     return meta
 
 
+def read_hf_config(path: str | Path) -> dict:
+    """``config.json`` of a local Hugging Face checkpoint directory, checked."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"Hugging Face checkpoint directory not found: {path}")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"missing {cfg_file} (a Hugging Face checkpoint directory has config.json)")
+    try:
+        return json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"corrupt {cfg_file}: {e}") from None
+
+
 def load_state_checked(model, state: dict[str, torch.Tensor], source: str) -> None:
     """Load ``state`` into ``model``, naming every missing, unexpected or mis-shaped tensor."""
     expected = model.state_dict()
@@ -90,7 +104,7 @@ def load_state_checked(model, state: dict[str, torch.Tensor], source: str) -> No
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu"):
     """Rebuild the model saved in ``directory`` (any registered model type)."""
-    from models.registry import model_class
+    from ssmlens.models.registry import model_class
 
     directory = Path(directory)
     meta = read_config(directory)

@@ -7,13 +7,13 @@ The layout is that of ``state-spaces/mamba-130m-hf``: ``backbone.embeddings``,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from models.checkpoint import CheckpointError, load_state_checked
+from ssmlens.models.checkpoint import CheckpointError, load_state_checked, read_hf_config
+from ssmlens.models.mamba import Mamba, MambaConfig
 
 
 def _hf_config(cfg: dict) -> dict:
@@ -48,18 +48,12 @@ def _rename(key: str) -> str | None:
 
 
 def load_hf_mamba(path: str | Path, device: str | torch.device = "cpu"):
-    from models.mamba import Mamba, MambaConfig
-
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"Hugging Face checkpoint directory not found: {path}")
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise CheckpointError(f"missing {cfg_file} (a Hugging Face Mamba checkpoint has config.json)")
+    hf_cfg = read_hf_config(path)
     tensors_files = sorted(path.glob("*.safetensors"))
     if not tensors_files:
         raise CheckpointError(f"no *.safetensors file in {path}")
-    cfg = MambaConfig(**_hf_config(json.loads(cfg_file.read_text())))
+    cfg = MambaConfig(**_hf_config(hf_cfg))
     state = {}
     for f in tensors_files:
         state.update({_rename(k): v for k, v in load_file(str(f)).items()})

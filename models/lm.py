@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.hooks import HookedModel, HookPoint
-from models.norm import make_norm
+from ssmlens.interp.hooks import HookedModel, HookPoint
+from ssmlens.models.norm import make_norm
 
 
 class LanguageModel(HookedModel):
@@ -109,17 +109,31 @@ class LanguageModel(HookedModel):
         return asdict(self.cfg)
 
     def save(self, directory: str | Path) -> Path:
-        from models.checkpoint import save_model
+        from ssmlens.models.checkpoint import save_model
 
         return save_model(self, directory)
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "LanguageModel":
-        from models.checkpoint import load_model
+        from ssmlens.models.checkpoint import load_model
 
         model = load_model(directory, device=device)
         if not isinstance(model, cls):
             raise TypeError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+    @classmethod
+    def from_hf(cls, path: str | Path, device: str | torch.device = "cpu") -> "LanguageModel":
+        """Load a local Hugging Face checkpoint directory (``config.json`` + safetensors)
+        of this model's family, e.g. ``Mamba.from_hf("mamba-130m-hf")``."""
+        from ssmlens.models.checkpoint import read_hf_config
+        from ssmlens.models.registry import hf_importer
+
+        hf_type = read_hf_config(path).get("model_type", "?")
+        model = hf_importer(hf_type, source=str(path))(path, device=device)
+        if not isinstance(model, cls):
+            raise TypeError(f"{path} holds a Hugging Face {hf_type!r} model ({type(model).__name__}), "
+                            f"not a {cls.__name__}")
         return model
 
 

@@ -14,11 +14,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from interp.hooks import HookPoint
-from models.lm import LanguageModel
-from models.mamba_mixer import MambaMixer, MixerOptions
-from models.norm import make_norm
-from models.resume import Resume
+from ssmlens.interp.hooks import HookPoint
+from ssmlens.models.lm import LanguageModel
+from ssmlens.models.mamba_mixer import MambaMixer, MixerOptions
+from ssmlens.models.norm import make_norm
+from ssmlens.models.resume import Resume
 
 
 @dataclass
@@ -73,7 +73,7 @@ class MambaBlock(nn.Module):
         return cached and mixer.own_edit is None and all(p._untouched() for p in points)
 
     def forward_read(self, resid: Tensor, resume: Resume, local: Tensor) -> Tensor:
-        """This block as a last block of a resumed forward (``models.resume``): its
+        """This block as a last block of a resumed forward (``ssmlens.models.resume``): its
         output ``[R, Q, d_model]`` at window offsets ``local`` (int64 ``[R, Q]``, ≥ 0) only;
         offsets past the window are allowed when ``reads_sparsely`` and the window
         reaches ``read_reach`` positions past its last changed input.
@@ -110,10 +110,3 @@ class Mamba(LanguageModel):
         super().__init__(cfg)
         self.blocks = nn.ModuleList([MambaBlock(cfg) for _ in range(cfg.n_layers)])
         self.setup()
-
-    @classmethod
-    def from_hf(cls, path, device="cpu") -> "Mamba":
-        """Load a Hugging Face ``MambaForCausalLM`` checkpoint directory from a local path."""
-        from models.hf_mamba import load_hf_mamba
-
-        return load_hf_mamba(path, device=device)

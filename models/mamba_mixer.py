@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor
 
-from interp.hooks import HookPoint
-from kernels import linear_recurrence, selective_scan
-from models.resume import Resume, StateEdit
-from models.resume_scan import read_state, scan_read_out, scan_window
+from ssmlens.interp.hooks import HookPoint
+from ssmlens.kernels import linear_recurrence, selective_scan
+from ssmlens.models.resume import Resume, StateEdit
+from ssmlens.models.resume_scan import read_state, scan_read_out, scan_window
 
 
 @dataclass(kw_only=True)
@@ -120,7 +120,7 @@ class MambaMixer(nn.Module):
     def forward(self, hidden: Tensor, resume: Resume | None = None) -> Tensor:
         """hidden ``[b, L, d_model]`` -> ``[b, L, d_model]``.
 
-        With ``resume`` (``models.resume``), hidden holds each row's window only; the
+        With ``resume`` (``ssmlens.models.resume``), hidden holds each row's window only; the
         conv reads the cached x before the window and the scan starts from the cached
         state at ``start − 1``."""
         edit = resume.own_edit if resume is not None else None
@@ -167,15 +167,15 @@ class MambaMixer(nn.Module):
         return self.hook_out(self.out_proj(y))
 
     def _window_scan(self, u: Tensor) -> bool:
-        """Whether a resumed window runs ``models.resume_scan.scan_window`` (on the CPU,
+        """Whether a resumed window runs ``ssmlens.models.resume_scan.scan_window`` (on the CPU,
         with the ``torch`` backend's arithmetic, without gradients) rather than
-        ``kernels.selective_scan``."""
+        ``ssmlens.kernels.selective_scan``."""
         return (u.device.type == "cpu" and self.cfg.scan_backend in ("auto", "torch")
                 and not torch.is_grad_enabled())
 
     def _edited(self, resume: Resume, edit: StateEdit) -> Tensor:
         """Output ``[R, window, d_model]`` when the rows' inputs are the cached run's
-        and only h at ``edit.position`` is replaced (``models.resume.StateEdit``).
+        and only h at ``edit.position`` is replaced (``ssmlens.models.resume.StateEdit``).
 
         The difference e_p = h'_p − h_p decays with the unchanged Ā: for t ≥ p,
         e_t = exp(A·Σ_{p<s≤t} Δ_s) ⊙ e_p and y_t moves by C_t·e_t — the closed form of

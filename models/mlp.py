@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from interp.hooks import HookPoint
+from ssmlens.interp.hooks import HookPoint
 
 
 class MLP(nn.Module):

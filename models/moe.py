@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.hooks import HookPoint
-from models.resume import Resume
+from ssmlens.interp.hooks import HookPoint
+from ssmlens.models.resume import Resume
 
 
 def load_balancing_loss(
@@ -91,7 +91,7 @@ class SwitchMoE(nn.Module):
                 ) -> Float[Tensor, "batch pos d_model"]:
         """Switch layer output (0 at dropped tokens); add it to the residual.
 
-        With ``resume`` (``models.resume``), x holds each row's window; capacity is
+        With ``resume`` (``ssmlens.models.resume``), x holds each row's window; capacity is
         that of the whole sequence, counted with the cached experts before the window."""
         b, L, d = x.shape
         logits = self.hook_router_logits(self.router(x))

@@ -4,7 +4,7 @@ feed-forward layers, fully hooked.
 embedding -> n_layers × [norm -> MambaMixer -> + resid; norm -> SwitchMoE -> + resid]
 -> norm -> unembed. Block l holds one Mamba layer (``blocks.{l}.mixer.*``) and the MoE
 layer after it (``blocks.{l}.moe.hook_router_logits / hook_expert / hook_drop /
-hook_expert_out``, see ``models.moe``); residual hooks ``hook_resid_pre`` (before
+hook_expert_out``, see ``ssmlens.models.moe``); residual hooks ``hook_resid_pre`` (before
 the mixer), ``hook_resid_mid`` (between mixer and MoE) and ``hook_resid_post``.
 Tokens the MoE drops pass through the residual unchanged.
 
@@ -20,12 +20,12 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from interp.hooks import HookPoint
-from models.lm import LanguageModel
-from models.mamba_mixer import MambaMixer, MixerOptions
-from models.moe import SwitchMoE, ablate_expert
-from models.norm import make_norm
-from models.resume import Resume
+from ssmlens.interp.hooks import HookPoint
+from ssmlens.models.lm import LanguageModel
+from ssmlens.models.mamba_mixer import MambaMixer, MixerOptions
+from ssmlens.models.moe import SwitchMoE, ablate_expert
+from ssmlens.models.norm import make_norm
+from ssmlens.models.resume import Resume
 
 __all__ = ["MoEMamba", "MoEMambaBlock", "MoEMambaConfig", "ablate_expert"]
 

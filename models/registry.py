@@ -6,10 +6,18 @@ import difflib
 
 _REGISTRY: dict[str, str] = {
     # name -> "module:Class", imported lazily so each model stays optional
-    "mamba": "models.mamba:Mamba",
-    "transformer": "models.transformer:Transformer",
-    "bmojo": "models.bmojo:BMojo",
-    "moe_mamba": "models.moe_mamba:MoEMamba",
+    "mamba": "ssmlens.models.mamba:Mamba",
+    "transformer": "ssmlens.models.transformer:Transformer",
+    "bmojo": "ssmlens.models.bmojo:BMojo",
+    "moe_mamba": "ssmlens.models.moe_mamba:MoEMamba",
+}
+
+
+# Hugging Face ``model_type`` (config.json) -> "module:function(path, device)" that
+# imports such a local checkpoint directory. Importers depend on their model; models
+# never import an importer (they reach it through this table).
+_HF_IMPORTERS: dict[str, str] = {
+    "mamba": "ssmlens.models.hf_mamba:load_hf_mamba",
 }
 
 
@@ -22,15 +30,27 @@ def model_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _resolve(target: str):
+    import importlib
+
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def hf_importer(hf_model_type: str, source: str = "checkpoint"):
+    """The importer of Hugging Face checkpoints whose config.json says ``model_type``."""
+    if hf_model_type not in _HF_IMPORTERS:
+        raise ValueError(f"{source}: unsupported Hugging Face model_type {hf_model_type!r}; "
+                         f"supported: {', '.join(sorted(_HF_IMPORTERS))}")
+    return _resolve(_HF_IMPORTERS[hf_model_type])
+
+
 def model_class(name: str):
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(f"unknown model {name!r}{hint}; valid models: {', '.join(model_names())}")
-    module, cls = _REGISTRY[name].split(":")
-    import importlib
-
-    return getattr(importlib.import_module(module), cls)
+    return _resolve(_REGISTRY[name])
 
 
 def build_model(name: str, **config):

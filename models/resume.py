@@ -39,7 +39,7 @@ reaching the query. A last Transformer block (``TransformerBlock.forward_read``)
 computes keys and values only where its input changed and the query, attention
 output and MLP only at the positions read (``read_reach`` 0: a patch of its input
 needs a window of the patched positions). Either block runs its whole window, hooks
-firing as in a forward, when anything listens inside it. Resumed Mamba windows scan with ``models.resume_scan`` on the
+firing as in a forward, when anything listens inside it. Resumed Mamba windows scan with ``ssmlens.models.resume_scan`` on the
 CPU. ``tests/test_resume.py`` holds every resumed forward to the full one.
 """
 
@@ -186,7 +186,7 @@ def _prefix_sums(values: Float[Tensor, "batch pos *rest"]) -> Float[Tensor, "bat
 def resumable(model) -> bool:
     """Whether ``resume_blocks`` can run this model: a standard ``LanguageModel``
     (embed -> blocks -> unembed) whose every block supports resuming."""
-    from models.lm import LanguageModel
+    from ssmlens.models.lm import LanguageModel
 
     blocks = getattr(model, "blocks", None)
     return (isinstance(model, LanguageModel) and type(model).forward is LanguageModel.forward

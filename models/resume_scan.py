@@ -1,6 +1,6 @@
-"""Selective scans over the short windows of resumed forwards (``models.resume``).
+"""Selective scans over the short windows of resumed forwards (``ssmlens.models.resume``).
 
-Mamba-1 semantics as ``kernels.selective_scan``'s ``torch`` backend (the same fused
+Mamba-1 semantics as ``ssmlens.kernels.selective_scan``'s ``torch`` backend (the same fused
 multiply-add per step, fp32), specialised to what a resumed window needs: Δ already
 softplus'ed, no gate, an initial state, and either every state of the window kept
 (``scan_window``: written in place, read out by one vector dot, no per-chunk stack

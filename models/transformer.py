@@ -13,12 +13,12 @@ import torch.nn as nn
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.hooks import HookPoint
-from models.attention import Attention
-from models.lm import LanguageModel
-from models.mlp import MLP
-from models.norm import make_norm
-from models.resume import Resume
+from ssmlens.interp.hooks import HookPoint
+from ssmlens.models.attention import Attention
+from ssmlens.models.lm import LanguageModel
+from ssmlens.models.mlp import MLP
+from ssmlens.models.norm import make_norm
+from ssmlens.models.resume import Resume
 
 
 @dataclass
@@ -86,7 +86,7 @@ class TransformerBlock(nn.Module):
 
     def forward_read(self, resid: Float[Tensor, "row window d_model"], resume: Resume,
                      local: Int[Tensor, "row q"]) -> Float[Tensor, "row q d_model"]:
-        """This block as the last block of a resumed forward (``models.resume``): its
+        """This block as the last block of a resumed forward (``ssmlens.models.resume``): its
         output at window offsets ``local`` (≥ 0) only. Offsets past the window are
         allowed when ``reads_sparsely`` (the residual there is the cached run's).
 

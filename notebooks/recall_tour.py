@@ -25,16 +25,16 @@ from pathlib import Path
 
 import torch
 
-from interp.store import create_run, open_run
-from interp.tasks import corrupt, make_task
-from interp.train import resolve_checkpoint, train
-from models import load_model
-from probes.ablation import run_ablated
-from probes.attribution import attribution_patching
-from probes.figures import patching_heatmap
-from probes.linear import probe_sweep
-from probes.patching import patching_sweep
-from probes.probe_figures import probe_accuracy_figure
+from ssmlens.interp.store import create_run, open_run
+from ssmlens.interp.tasks import corrupt, make_task
+from ssmlens.interp.train import resolve_checkpoint, train
+from ssmlens.models import load_model
+from ssmlens.probes.ablation import run_ablated
+from ssmlens.probes.attribution import attribution_patching
+from ssmlens.probes.figures import patching_heatmap
+from ssmlens.probes.linear import probe_sweep
+from ssmlens.probes.patching import patching_sweep
+from ssmlens.probes.probe_figures import probe_accuracy_figure
 
 torch.manual_seed(0)
 work = Path(tempfile.mkdtemp(prefix="ssmlens-tour-"))

@@ -14,7 +14,7 @@ Value ablations of a hook (optionally only at some positions, along the hook's
   π(i) of the same batch (π a seeded permutation without fixed points), or of a
   random row of an explicit reference batch. Computed by one extra clean forward.
 
-Structural ablations (defined precisely in ``probes.ablation_structural``):
+Structural ablations (defined precisely in ``ssmlens.probes.ablation_structural``):
 ``no_conv`` (the short conv reduced to its last tap, so ``hook_conv`` depends on the
 current position only), ``clamp_delta`` (Δ := a constant), ``freeze_delta`` (Δ := its
 mean over positions), ``no_memory`` (B'MOJO writes := 0), ``no_fading`` (B'MOJO's
@@ -39,12 +39,12 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor
 
-from interp.hook_names import dims_for
-from interp.tasks.base import TaskBatch
-from probes.ablation_base import (
+from ssmlens.interp.hook_names import dims_for
+from ssmlens.interp.tasks.base import TaskBatch
+from ssmlens.probes.ablation_base import (
     Ablation, AblationError, BoundAblation, Hooks, HookFn, NotApplicable, _device, _fmt, _tokens,
 )
-from probes.ablation_structural import (
+from ssmlens.probes.ablation_structural import (
     STRUCTURAL, ClampDelta, DropExpert, DropHead, FreezeDelta, NoAblation, NoConv, NoFading, NoMemory, Structural,
 )
 
@@ -66,7 +66,7 @@ def position_mask(batch, positions, length: int) -> Tensor | None:
         return None
     if isinstance(positions, Tensor) and positions.dtype == torch.bool:
         return positions
-    from probes.linear import positions_index
+    from ssmlens.probes.linear import positions_index
 
     _, index = positions_index(batch if isinstance(batch, TaskBatch) else None, positions, length)
     b = len(_tokens(batch))

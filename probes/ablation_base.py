@@ -1,4 +1,4 @@
-"""Base types of ``probes.ablation``: the Ablation interface, its bound form, errors.
+"""Base types of ``ssmlens.probes.ablation``: the Ablation interface, its bound form, errors.
 
 An ``Ablation`` is bound to a model and a batch (``bind``), which checks that the
 model has what the ablation removes and precomputes what it needs (means, resampling
@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from interp.tasks.base import TaskBatch
+from ssmlens.interp.tasks.base import TaskBatch
 
 HookFn = Callable[[Tensor, object], Tensor]
 Hooks = list[tuple[str, HookFn]]

@@ -1,4 +1,4 @@
-"""Plotly figures of ablation studies (the tidy table of ``probes.ablation_study``).
+"""Plotly figures of ablation studies (the tidy table of ``ssmlens.probes.ablation_study``).
 
 ``ablation_bar_chart(table, metric="acc")``: grouped bars, one group per ablation and
 one colour per model, one panel per task; ``relative=True`` plots the change from

@@ -3,7 +3,7 @@
 ``AblationStudy(models, tasks, ablations, ...)`` validates everything at
 construction (ablations are parsed, task configs tried, registry names checked) and
 ``load_study(path)`` / ``study_from_dict(d)`` read the YAML form described in
-``probes.ablation_study``. Every error is a ``StudyError`` naming the field, e.g.
+``ssmlens.probes.ablation_study``. Every error is a ``StudyError`` naming the field, e.g.
 ``study.tasks[0].n: expected an integer >= 1, got 'many'``.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from probes.ablation import Ablation, AblationError, NoAblation, parse_ablation
+from ssmlens.probes.ablation import Ablation, AblationError, NoAblation, parse_ablation
 
 STUDY_METRICS = ("acc", "loss", "seq_acc")
 
@@ -45,7 +45,7 @@ class ModelSpec:
         elif self.checkpoint is not None:
             model = _load_checkpoint(self.checkpoint)
         else:
-            from models import build_model
+            from ssmlens.models import build_model
 
             cfg = dict(self.config)
             if vocab_size is not None:
@@ -62,10 +62,10 @@ class ModelSpec:
 
 
 def _load_checkpoint(path: str):
-    from models import load_model
+    from ssmlens.models import load_model
 
     try:
-        from interp.training import resolve_checkpoint  # a run directory -> its final/last checkpoint
+        from ssmlens.interp.training import resolve_checkpoint  # a run directory -> its final/last checkpoint
 
         path = resolve_checkpoint(path)
     except ImportError:
@@ -85,12 +85,12 @@ class TaskSpec:
 
     @property
     def vocab_size(self) -> int:
-        from interp.tasks import make_task
+        from ssmlens.interp.tasks import make_task
 
         return make_task(self.task or self.name, **self.config).vocab_size
 
     def make_batch(self):
-        from interp.tasks import make_task
+        from ssmlens.interp.tasks import make_task
 
         return make_task(self.task or self.name, **self.config).sample(self.n, self.seed)
 
@@ -180,7 +180,7 @@ def _model_entry(value, where: str, name: str | None) -> ModelSpec:
     if not isinstance(d.get("config", {}), dict):
         raise StudyError(f"{where}.config: expected a mapping, got {d['config']!r}")
     if d.get("model") is not None:
-        from models import model_names
+        from ssmlens.models import model_names
 
         if d["model"] not in model_names():
             raise StudyError(f"{where}.model: unknown model {d['model']!r}; valid: {', '.join(model_names())}")
@@ -199,7 +199,7 @@ def _task_entry(value, where: str, name: str | None) -> TaskSpec:
     d = _fields_of(TaskSpec, {**({"name": name} if name else {}), **value}, where)
     if "name" not in d:
         raise StudyError(f"{where}: missing field 'name'")
-    from interp.tasks import TASKS
+    from ssmlens.interp.tasks import TASKS
 
     task = d.get("task") or d["name"]
     if task not in TASKS:
@@ -210,7 +210,7 @@ def _task_entry(value, where: str, name: str | None) -> TaskSpec:
     _check_int(d.get("seed", 0), f"{where}.seed", 0)
     spec = TaskSpec(**d)
     try:
-        from interp.tasks import make_task
+        from ssmlens.interp.tasks import make_task
 
         make_task(task, **spec.config)
     except (ValueError, TypeError) as e:

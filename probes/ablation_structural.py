@@ -18,7 +18,7 @@ Definitions (``layers`` = None: every layer that has the component):
   innovation test still reads f (only attention loses it).
 - ``drop_head:{l}.{h}``: head h of ``blocks.{l}.attn.hook_z`` := 0.
 - ``drop_expert:{l}.{e}``: in ``blocks.{l}.moe.hook_expert`` tokens routed to e get −1,
-  so they pass through the residual only (``models.moe``'s convention).
+  so they pass through the residual only (``ssmlens.models.moe``'s convention).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from probes.ablation_base import Ablation, AblationError, Hooks, NotApplicable, _fmt
+from ssmlens.probes.ablation_base import Ablation, AblationError, Hooks, NotApplicable, _fmt
 
 
 def _layers_with(model, suffix: str, layers, what: str) -> list[int]:

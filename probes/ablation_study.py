@@ -49,8 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from probes.ablation import Ablation, NotApplicable
-from probes.ablation_spec import (
+from ssmlens.probes.ablation import Ablation, NotApplicable
+from ssmlens.probes.ablation_spec import (
     STUDY_METRICS, AblationStudy, ModelSpec, StudyError, TaskSpec, load_study, study_from_dict,
 )
 
@@ -101,7 +101,7 @@ def evaluate_cell(model, batch, ablation: Ablation, metrics, batch_size: int = 1
 def _previous(out) -> tuple[pd.DataFrame, list[dict], bool, bool]:
     """(rows already in the run at ``out``, its skipped cells, whether a run exists,
     whether it is complete)."""
-    from interp.store import RunNotFoundError, open_run
+    from ssmlens.interp.store import RunNotFoundError, open_run
 
     try:
         run = open_run(out, require_complete=False)
@@ -177,7 +177,7 @@ def run_study(study: AblationStudy | dict | str | Path, out=None, *, progress: b
 
     writer = None
     if out is not None:
-        from interp.store import create_run
+        from ssmlens.interp.store import create_run
 
         writer = create_run(out, study.to_config(), overwrite=exists or overwrite)
     new_rows: list[dict] = []

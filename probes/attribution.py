@@ -30,11 +30,11 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from interp.tasks.base import TaskBatch
-from probes.batched import site_pos_axis
-from probes.metrics import query_logits, restored_fraction
-from probes.patching import Direction, SweepSetup, assemble
-from probes.positions import PositionSpec, position_labels
+from ssmlens.interp.tasks.base import TaskBatch
+from ssmlens.probes.batched import site_pos_axis
+from ssmlens.probes.metrics import query_logits, restored_fraction
+from ssmlens.probes.patching import Direction, SweepSetup, assemble
+from ssmlens.probes.positions import PositionSpec, position_labels
 
 ATTRIBUTION_METRICS = ("logit_diff", "p_answer", "logp_answer")
 

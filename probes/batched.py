@@ -17,7 +17,7 @@ Work is skipped only where the result is known exactly:
 - *causality* (``causal=True``, every ssmlens model): positions after an example's
   last metric position cannot change its metrics, so patches there are not run.
   (Sequences are not cut short: a layer may depend on the length, e.g. MoE capacity.)
-- *resuming at a block and a position* (``probes.resumed``, ``models.resume``; every
+- *resuming at a block and a position* (``ssmlens.probes.resumed``, ``ssmlens.models.resume``; every
   model in ``models/``: Mamba, Transformer, B'MOJO, MoE-Mamba): a row whose site is
   in block l and whose first changed position is p computes only positions p … q
   (q: the example's last metric position) of blocks l and above, from the base
@@ -57,12 +57,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.hook_names import dims_for
-from models.resume import resumable as position_resumable
-from models.resume import resume_hook_names
-from probes.metrics import AnswerSpec, query_logits
-from probes.positions import HookSite, Units, position_axis
-from probes.resumed import resumed_source, run_resumed, stack_units
+from ssmlens.interp.hook_names import dims_for
+from ssmlens.models.resume import resumable as position_resumable
+from ssmlens.models.resume import resume_hook_names
+from ssmlens.probes.metrics import AnswerSpec, query_logits
+from ssmlens.probes.positions import HookSite, Units, position_axis
+from ssmlens.probes.resumed import resumed_source, run_resumed, stack_units
 
 Reduce = Callable[[Tensor, Tensor], dict[str, Tensor]]  # (logits [R, Q, V], example ids [R]) -> {name: [R]}
 Combine = Callable[[HookSite, Tensor, Tensor], Tensor]  # (site, base values, source values) -> new values
@@ -79,7 +79,7 @@ def resumable(model) -> bool:
     """Whether the model is a standard LanguageModel (embed -> blocks -> unembed) whose
     forward can be resumed at a block from a cached ``hook_resid_pre``."""
     try:
-        from models.lm import LanguageModel
+        from ssmlens.models.lm import LanguageModel
     except ImportError:  # pragma: no cover - models is part of the distribution
         return False
     return (isinstance(model, LanguageModel) and type(model).forward is LanguageModel.forward

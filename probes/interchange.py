@@ -14,7 +14,7 @@ k rotated coordinates, i.e. Q = R[:k]ᵀ; ``train_das`` learns R so that the
 intervened model outputs the *counterfactual label* (by default the source's answer).
 With R = I and k = D this is plain activation patching.
 
-``interchange_sweep`` runs every (hook site, unit) batched (``probes.batched``) and
+``interchange_sweep`` runs every (hook site, unit) batched (``ssmlens.probes.batched``) and
 returns dims ``(metric, hook, layer, role | pos)`` with metrics ``iia`` (interchange
 intervention accuracy: argmax = label), ``p_label``, ``logit_diff`` (label vs the
 base answer; vs the best other token where they agree), ``kl`` (from the base run's
@@ -34,11 +34,11 @@ from torch import Tensor
 from torch.nn.utils.parametrizations import orthogonal
 from tqdm.auto import tqdm
 
-from interp.tasks.base import TaskBatch
-from probes.batched import run_interventions, site_pos_axis
-from probes.metrics import AnswerSpec, answer_spec, baseline, query_logits, row_metrics
-from probes.patching import assemble
-from probes.positions import HookSite, PositionSpec, expand_hooks, resolve_positions
+from ssmlens.interp.tasks.base import TaskBatch
+from ssmlens.probes.batched import run_interventions, site_pos_axis
+from ssmlens.probes.metrics import AnswerSpec, answer_spec, baseline, query_logits, row_metrics
+from ssmlens.probes.patching import assemble
+from ssmlens.probes.positions import HookSite, PositionSpec, expand_hooks, resolve_positions
 
 _RENAME = {"accuracy": "iia", "p_answer": "p_label", "logit_diff": "logit_diff", "kl": "kl"}
 
@@ -132,7 +132,7 @@ def interchange_sweep(
 ) -> xr.DataArray:
     """Interchange at every (hook site, unit), batched; see the module docstring.
 
-    units: positions written in the base (``probes.positions`` spec, roles looked up
+    units: positions written in the base (``ssmlens.probes.positions`` spec, roles looked up
     per base example); source_units: where they are read in the source (default: the
     same spec resolved on the source batch). labels: counterfactual answers
     ``[batch, Q]`` (default: the source's answers). subspace: a basis ``[D, k]`` or

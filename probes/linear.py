@@ -33,8 +33,8 @@ import xarray as xr
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.hook_names import dims_for, hook_layer, hook_suffix
-from interp.tasks.base import TaskBatch
+from ssmlens.interp.hook_names import dims_for, hook_layer, hook_suffix
+from ssmlens.interp.tasks.base import TaskBatch
 
 METRICS = ("train_acc", "test_acc", "control_acc", "selectivity", "chance", "majority")
 METHODS = ("ridge", "logistic")
@@ -326,7 +326,7 @@ def resolve_hooks(available: Sequence[str], hooks: str | Sequence[str]) -> list[
 
 def _collect(source, batch: TaskBatch, names: list[str], index: Tensor, batch_size: int) -> dict[str, Tensor]:
     """{hook: [b, k, features]} from a model (extracting only the probed positions) or a cache."""
-    from interp.hooks import HookedModel
+    from ssmlens.interp.hooks import HookedModel
 
     if not isinstance(source, HookedModel):
         return {n: gather_positions(_load(source[n]), n, index) for n in names}

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from interp.tasks.base import TaskBatch
+from ssmlens.interp.tasks.base import TaskBatch
 
 ROW_METRICS = ("logit_diff", "p_answer", "logp_answer", "kl", "accuracy")
 METRICS = ("restored", "restored_logit_diff", "logit_diff", "p_answer", "logp_answer", "kl", "accuracy")

@@ -2,7 +2,7 @@
 
 ``patching_sweep(model, clean, corrupted, "resid_pre,ssm_state", "all")`` patches, for
 every hook site and every unit of positions, the activation of one run into the
-other and measures the answer at the query positions (``probes.metrics``):
+other and measures the answer at the query positions (``ssmlens.probes.metrics``):
 
 - ``direction="denoise"`` (default): run the corrupted input, write the clean
   activation; ``restored`` near 1 means the site carries what the corruption removed
@@ -10,11 +10,11 @@ other and measures the answer at the query positions (``probes.metrics``):
 - ``direction="noise"``: run the clean input, write the corrupted activation;
   ``restored`` near 0 means the site is necessary.
 
-Sites are hook names (short names expanded over layers, ``probes.positions``);
+Sites are hook names (short names expanded over layers, ``ssmlens.probes.positions``);
 an edit of ``mixer.hook_ssm_state`` propagates to later positions (DESIGN §3) and
 ``memory.hook_write`` edits which tokens B'MOJO keeps. All patches run batched
-(``probes.batched``), each from the block and position it patches on (a resumed
-forward from the cached unpatched run: ``probes.resumed``); ``patching_sweep_reference``
+(``ssmlens.probes.batched``), each from the block and position it patches on (a resumed
+forward from the cached unpatched run: ``ssmlens.probes.resumed``); ``patching_sweep_reference``
 runs one full forward per patch and is what the batched sweep must equal.
 
 Result: ``xarray.DataArray`` with dims ``(metric, hook, layer, pos)`` — or ``role``
@@ -36,10 +36,10 @@ import xarray as xr
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.tasks.base import TaskBatch
-from probes.batched import run_interventions, site_pos_axis
-from probes.metrics import METRICS, AnswerSpec, answer_spec, baseline, query_logits, row_metrics, summarize
-from probes.positions import HookSite, PositionSpec, Units, expand_hooks, position_labels, resolve_positions
+from ssmlens.interp.tasks.base import TaskBatch
+from ssmlens.probes.batched import run_interventions, site_pos_axis
+from ssmlens.probes.metrics import METRICS, AnswerSpec, answer_spec, baseline, query_logits, row_metrics, summarize
+from ssmlens.probes.positions import HookSite, PositionSpec, Units, expand_hooks, position_labels, resolve_positions
 
 Direction = Literal["denoise", "noise"]
 
@@ -65,12 +65,12 @@ def patching_sweep(
 ) -> xr.DataArray:
     """Patch every (hook site, position unit); batched. See the module docstring.
 
-    clean, corrupted: aligned TaskBatches (``interp.tasks.corrupt``). hooks: names
-    or short names; layers: keep these blocks. positions: ``probes.positions`` spec.
+    clean, corrupted: aligned TaskBatches (``ssmlens.interp.tasks.corrupt``). hooks: names
+    or short names; layers: keep these blocks. positions: ``ssmlens.probes.positions`` spec.
     chunk_rows / memory_mb: rows per forward (default: what fits ``memory_mb``; the
     small default keeps a chunk in a CPU's caches, which measured fastest — raise it
     on a GPU).
-    causal / skip_noop / resume: exact shortcuts of ``probes.batched`` (turn off for
+    causal / skip_noop / resume: exact shortcuts of ``ssmlens.probes.batched`` (turn off for
     a non-causal model). Returns the labelled result array.
     """
     setup = SweepSetup(model, clean, corrupted, hooks, positions, direction, layers, query_index, alt_tokens,

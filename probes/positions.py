@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interp.hook_names import check_hook_names, hook_layer, hook_suffix
-from interp.tasks.base import TaskBatch
+from ssmlens.interp.hook_names import check_hook_names, hook_layer, hook_suffix
+from ssmlens.interp.tasks.base import TaskBatch
 
 PositionSpec = Any  # int | str | tuple[int, ...] | Sequence of those | dict[label, Tensor]
 

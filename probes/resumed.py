@@ -2,7 +2,7 @@
 
 A row (site × unit × example) whose first changed position is p and whose site is in
 block l cannot change anything before p nor below l (causality). It is computed by
-``models.resume.resume_blocks``: from block l's cached ``hook_resid_pre``, over the
+``ssmlens.models.resume.resume_blocks``: from block l's cached ``hook_resid_pre``, over the
 window of positions p … q (q: the example's last metric position), with the SSM
 states, conv windows, attention keys and B'MOJO / MoE bookkeeping before p read from
 the unpatched run. Rows are sorted by window length and entry block and stacked in
@@ -12,7 +12,7 @@ is moved left where it would pass the end of the sequence (an earlier start is s
 exact: it only recomputes unchanged positions).
 
 A patch of ``mixer.hook_ssm_state`` at a single position runs as a
-``models.resume.StateEdit`` instead of a hook: the mixer adds the closed-form effect
+``ssmlens.models.resume.StateEdit`` instead of a hook: the mixer adds the closed-form effect
 C_t·exp(A·Σ_{p<s≤t} Δ_s)·(h' − h) to its cached output, without a scan; when the
 patched block is a last Mamba block (``local_after_mixer``), only the query positions
 are computed. Multi-position state units go through the hook (the scan re-run with
@@ -47,9 +47,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from models.resume import StateEdit, resume_blocks
-from probes.metrics import AnswerSpec
-from probes.positions import HookSite
+from ssmlens.models.resume import StateEdit, resume_blocks
+from ssmlens.probes.metrics import AnswerSpec
+from ssmlens.probes.positions import HookSite
 
 STATE, STATE_HOOK = "mixer.hook_ssm_state", "hook_ssm_state"
 
@@ -77,7 +77,7 @@ def run_resumed(
     """Run every (site index, unit index, example ids, first changed positions) item of
     ``todo`` as resumed forwards and write its metrics into ``rows [site, unit, batch]``.
 
-    cache: ``models.resume.resume_hook_names`` of the base run (``[batch, L, ...]``);
+    cache: ``ssmlens.models.resume.resume_hook_names`` of the base run (``[batch, L, ...]``);
     window_bytes: bytes per row and window position of a forward (sets the chunk size
     within ``memory_mb`` unless ``chunk_rows`` is given). Returns the number of
     forwards run.

@@ -32,8 +32,8 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from interp.hook_names import hook_suffix
-from models.checkpoint import weights_digest
+from ssmlens.interp.hook_names import hook_suffix
+from ssmlens.models.checkpoint import weights_digest
 
 ROLE_UNITS = ("queried_key", "queried_value", "query", "last")
 
@@ -59,12 +59,12 @@ def load_for_study(checkpoint_dir: str | Path, task: str | None = None,
     """(model in eval mode, checkpoint path, task name, task config): a run directory
     resolves to its final/last checkpoint; the task defaults to the one in the
     checkpoint's ``train_config.json``, whose settings ``task_kwargs`` update."""
-    from models import load_model
+    from ssmlens.models import load_model
 
     path = Path(checkpoint_dir)
     train_cfg = None
     try:
-        from interp.training.checkpointing import find_train_config, resolve_checkpoint
+        from ssmlens.interp.training.checkpointing import find_train_config, resolve_checkpoint
 
         path = resolve_checkpoint(path)
         train_cfg = find_train_config(path)
@@ -75,7 +75,7 @@ def load_for_study(checkpoint_dir: str | Path, task: str | None = None,
         task = (train_cfg or {}).get("task", "ar")
     same = train_cfg is not None and train_cfg.get("task") == task
     settings = {**(dict(train_cfg.get("task_config") or {}) if same else {}), **(task_kwargs or {})}
-    from interp.tasks import make_task
+    from ssmlens.interp.tasks import make_task
 
     vocab = make_task(task, **settings).vocab_size
     if vocab > model.cfg.vocab_size:
@@ -118,12 +118,12 @@ def run_patching_study(
 
     checkpoint_dir: a checkpoint or a training run directory. task_kwargs: task
     config (default: the checkpoint's training task). hooks: short or full names
-    (default: ``default_hooks``). corruption: ``interp.tasks.corrupt`` mode.
+    (default: ``default_hooks``). corruption: ``ssmlens.interp.tasks.corrupt`` mode.
     """
-    from interp.store import create_run
-    from interp.tasks import corrupt, make_task
-    from probes.attribution import attribution_patching
-    from probes.patching import patching_sweep
+    from ssmlens.interp.store import create_run
+    from ssmlens.interp.tasks import corrupt, make_task
+    from ssmlens.probes.attribution import attribution_patching
+    from ssmlens.probes.patching import patching_sweep
 
     model, ckpt, task, task_kwargs = load_for_study(checkpoint_dir, task, task_kwargs)
     hooks = list(hooks) if hooks is not None else default_hooks(model)

@@ -18,12 +18,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """‖a − b‖ / ‖b‖ in float64 (NaN never passes: NaN compares false)."""
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-300))
-
-
 @pytest.fixture(autouse=True)
 def _no_global_state_leaks():
     """A test (or library code it calls) must not leave autograd switched off."""

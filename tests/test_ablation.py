@@ -8,16 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from interp.cli import main
-from interp.tasks import make_task
-from models import Mamba, Transformer
-from models.bmojo import BMojo
-from models.moe_mamba import MoEMamba
-from probes.ablation import (
+from ssmlens.interp.cli import main
+from ssmlens.interp.tasks import make_task
+from ssmlens.models import Mamba, Transformer
+from ssmlens.models.bmojo import BMojo
+from ssmlens.models.moe_mamba import MoEMamba
+from ssmlens.probes.ablation import (
     Ablation, AblationError, HookAblation, NotApplicable, ablated, parse_ablation, run_ablated,
 )
-from probes.ablation_figures import ablation_bar_chart
-from probes.ablation_study import (
+from ssmlens.probes.ablation_figures import ablation_bar_chart
+from ssmlens.probes.ablation_study import (
     COLUMNS, AblationSkipped, AblationStudy, ModelSpec, StudyError, load_study, run_study, study_from_dict,
 )
 
@@ -231,7 +231,7 @@ def _counting(model):
 
 
 def test_study_writes_a_tidy_table_and_skips_finished_cells(tmp_path):
-    from interp.store import open_run
+    from ssmlens.interp.store import open_run
 
     models = {"mamba": _counting(_mamba()), "transformer": _counting(_transformer())}
     out = tmp_path / "study"
@@ -260,7 +260,7 @@ def test_study_writes_a_tidy_table_and_skips_finished_cells(tmp_path):
 
 
 def test_an_interrupted_study_resumes_from_its_finished_cells(tmp_path):
-    from interp.store import open_run
+    from ssmlens.interp.store import open_run
 
     model = _counting(_mamba())
     out = tmp_path / "crash"
@@ -301,7 +301,7 @@ def test_yaml_study_loads_and_bad_fields_are_named(tmp_path):
 
 
 def test_cli_ablate_and_probe(tmp_path, capsys):
-    from interp.store import open_run
+    from ssmlens.interp.store import open_run
 
     study = tmp_path / "s.yaml"
     ckpt = tmp_path / "ckpt"

@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from interp.hooks import HookedModel, HookPoint
-from interp.tasks import corrupt, make_task
-from models import Mamba
-from probes.attribution import attribution_patching
-from probes.patching import patching_sweep
+from ssmlens.interp.hooks import HookedModel, HookPoint
+from ssmlens.interp.tasks import corrupt, make_task
+from ssmlens.models import Mamba
+from ssmlens.probes.attribution import attribution_patching
+from ssmlens.probes.patching import patching_sweep
 
 TASK = dict(n_keys=12, n_values=12, n_pairs=4)
 

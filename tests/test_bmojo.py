@@ -8,11 +8,11 @@ import os
 import pytest
 import torch
 
-from models import registry
-from models.bmojo import BMojo, BMojoConfig, split_pattern
-from models.bmojo_memory import innovation_error, memory_mask, memory_mask_reference, window_mask
-from models.mamba import Mamba
-from models.transformer import Transformer
+from ssmlens.models import registry
+from ssmlens.models.bmojo import BMojo, BMojoConfig, split_pattern
+from ssmlens.models.bmojo_memory import innovation_error, memory_mask, memory_mask_reference, window_mask
+from ssmlens.models.mamba import Mamba
+from ssmlens.models.transformer import Transformer
 
 SMALL = dict(vocab_size=50, d_model=16, n_layers=2, n_heads=4, d_state=4, scan_backend="torch")
 
@@ -224,7 +224,7 @@ def test_innovation_hook_and_loss():
 @pytest.mark.parametrize("backend", ["torch", "reference", "triton"])
 def test_runs_with_every_scan_backend(backend):
     if backend == "triton":
-        pytest.importorskip("kernels.triton_scan")
+        pytest.importorskip("ssmlens.kernels.triton_scan")
         if os.environ.get("TRITON_INTERPRET") != "1":
             pytest.skip("triton on the CPU needs TRITON_INTERPRET=1")
     # τ = −inf: the memory is exercised, and rounding differences between backends
@@ -240,7 +240,7 @@ def test_runs_with_every_scan_backend(backend):
 
 
 def test_save_load_roundtrip(tmp_path, monkeypatch):
-    monkeypatch.setitem(registry._REGISTRY, "bmojo", "models.bmojo:BMojo")
+    monkeypatch.setitem(registry._REGISTRY, "bmojo", "ssmlens.models.bmojo:BMojo")
     model = bmojo(window=3, memory_size=2, threshold=-math.inf)
     model.save(tmp_path / "ckpt")
     loaded = BMojo.load(tmp_path / "ckpt")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from models import CheckpointError, Mamba, Transformer, build_model, load_model
+from ssmlens.models import CheckpointError, Mamba, Transformer, build_model, load_model
 
 
 @pytest.mark.parametrize("cls, kw", [

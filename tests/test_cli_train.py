@@ -8,16 +8,16 @@ import sys
 
 import pytest
 
-from interp.cli import main
+from ssmlens.interp.cli import main
 
 TINY = ["--task-arg", "n_keys=8", "--task-arg", "n_values=8", "--task-arg", "n_pairs=2",
         "--d-model", "16", "--layers", "1", "--model-arg", "n_heads=2", "--steps", "6",
         "--batch-size", "8", "--eval-every", "3", "--eval-size", "32", "--device", "cpu", "--no-progress"]
 
 
-def test_train_help_from_console_entry_point():
-    out = subprocess.run([sys.executable, "-m", "interp", "train", "--help"], capture_output=True, text=True,
-                         timeout=120)
+def test_train_help_from_console_entry_point(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "ssmlens", "train", "--help"], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     for flag in ("--model", "--task", "--d-model", "--layers", "--config", "--task-arg"):
         assert flag in out.stdout

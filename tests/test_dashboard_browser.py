@@ -23,9 +23,9 @@ if not (CHROME and shutil.which("chromedriver")):
     pytest.skip("headless Chromium tests need chromium and chromedriver on PATH (Debian: apt-get install "
                 "chromium chromium-driver; `make test` does it when run as root)", allow_module_level=True)
 
-from dashboards.app import create_app  # noqa: E402
-from dashboards.sample_store import write_sample_store  # noqa: E402
-from interp.store import create_run  # noqa: E402
+from ssmlens.dashboards.app import create_app  # noqa: E402
+from ssmlens.dashboards.sample_store import write_sample_store  # noqa: E402
+from ssmlens.interp.store import create_run  # noqa: E402
 
 PAGES = ["/runs", "/tokens", "/gating", "/states", "/attention", "/interventions", "/compare"]
 MAIN_FIGURE = {"/tokens": "tokens-strips", "/gating": "gating-delta", "/states": "states-implicit",

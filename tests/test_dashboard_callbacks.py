@@ -1,5 +1,5 @@
 """The dashboard's callbacks called directly on a small store written by the test
-(``dashboards.sample_store``: tiny random Mamba / Transformer / B'MOJO runs), plus
+(``ssmlens.dashboards.sample_store``: tiny random Mamba / Transformer / B'MOJO runs), plus
 run-id validation, damaged and incomplete runs, figure builders and the CLI."""
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import plotly.graph_objects as go
 import pytest
 import xarray as xr
 
-from dashboards import analysis, catalog, controls, figures, results
-from dashboards.app import create_app
-from dashboards.context import Context
-from dashboards.pages import PAGES, compare, interventions, runs, states, tokens
-from dashboards.reader import Reader, RunAccessError, clear_caches
-from dashboards.sample_store import write_sample_store
-from interp.store import create_run
+from ssmlens.dashboards import analysis, catalog, controls, figures, results
+from ssmlens.dashboards.app import create_app
+from ssmlens.dashboards.context import Context
+from ssmlens.dashboards.pages import PAGES, compare, interventions, runs, states, tokens
+from ssmlens.dashboards.reader import Reader, RunAccessError, clear_caches
+from ssmlens.dashboards.sample_store import write_sample_store
+from ssmlens.interp.store import create_run
 
 MODELS = ("mamba", "transformer", "bmojo")
 
@@ -262,8 +262,8 @@ def test_implicit_attention_matches_its_reference():
 def test_bmojo_split_and_occupancy_match_the_model():
     import torch
 
-    from models.bmojo_attention import split_pattern
-    from models.bmojo_memory import memory_mask
+    from ssmlens.models.bmojo_attention import split_pattern
+    from ssmlens.models.bmojo_memory import memory_mask
 
     rng = np.random.default_rng(2)
     L, window, size = 24, 5, 3
@@ -290,7 +290,7 @@ def test_memory_horizon_and_channel_order():
 def test_a_comes_from_the_checkpoint(ctx):
     import torch
 
-    from models import load_model
+    from ssmlens.models import load_model
 
     path = ctx.reader.weights_path("sample/mamba")
     model = load_model(path.parent)
@@ -352,8 +352,8 @@ def test_app_without_runs_says_so(tmp_path):
 def test_cli_serves_on_loopback_and_warns_otherwise(tmp_path, monkeypatch, capsys):
     import waitress
 
-    from dashboards import serve
-    from interp.cli import build_parser
+    from ssmlens.dashboards import serve
+    from ssmlens.interp.cli import build_parser
 
     args = build_parser().parse_args(["dash", "--runs", str(tmp_path), "--port", "8123"])
     assert (args.runs, args.port, args.host) == (str(tmp_path), 8123, "127.0.0.1")

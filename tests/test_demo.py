@@ -3,9 +3,9 @@ one complete patching store per model that the dashboard lists, and reuses them.
 
 import pytest
 
-import interp.demo_train as demo_train
-from interp.cli import main
-from interp.store import list_runs, open_run
+import ssmlens.interp.demo_train as demo_train
+from ssmlens.interp.cli import main
+from ssmlens.interp.store import list_runs, open_run
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import torch
 from transformers import MambaConfig as HFConfig
 from transformers import MambaForCausalLM
 
-from models import CheckpointError, Mamba
+from ssmlens.models import CheckpointError, Mamba
 
-from conftest import rel_err
+from helpers import rel_err
 
 
 def _hf_dir(tmp_path, tie=True, use_bias=False, seed=0):

@@ -5,9 +5,9 @@ import pytest
 import torch
 from nnsight import NNsight
 
-from interp.hook_names import UnknownHookError, dims_for
-from interp.hooks import HookPoint, HookShapeError
-from models import BMojo, Mamba, MoEMamba, Transformer
+from ssmlens.interp.hook_names import UnknownHookError, dims_for
+from ssmlens.interp.hooks import HookPoint, HookShapeError
+from ssmlens.models import BMojo, Mamba, MoEMamba, Transformer
 
 B, P, V = 2, 11, 40
 

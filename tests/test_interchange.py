@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from interp.hooks import HookedModel, HookPoint
-from interp.tasks import corrupt, make_task
-from models import Mamba
-from probes.interchange import Rotation, interchange_sweep, swap_in_subspace, train_das
-from probes.metrics import query_logits
-from probes.patching import patching_sweep
+from ssmlens.interp.hooks import HookedModel, HookPoint
+from ssmlens.interp.tasks import corrupt, make_task
+from ssmlens.models import Mamba
+from ssmlens.probes.interchange import Rotation, interchange_sweep, swap_in_subspace, train_das
+from ssmlens.probes.metrics import query_logits
+from ssmlens.probes.patching import patching_sweep
 
 TASK = dict(n_keys=12, n_values=12, n_pairs=4)
 

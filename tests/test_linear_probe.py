@@ -5,13 +5,13 @@ what causality allows (a token's own embedding, never the future)."""
 import pytest
 import torch
 
-from interp.tasks import make_task
-from models import Mamba
-from probes.linear import (
+from ssmlens.interp.tasks import make_task
+from ssmlens.models import Mamba
+from ssmlens.probes.linear import (
     control_labels, fit_logistic, fit_probe, fit_ridge, positions_index, probe_sweep, resolve_hooks,
     sweep_table, train_test_split,
 )
-from probes.probe_figures import probe_accuracy_figure, probe_heatmap
+from ssmlens.probes.probe_figures import probe_accuracy_figure, probe_heatmap
 
 
 def _planted(n=600, shape=(8, 4), n_classes=4, seed=0):

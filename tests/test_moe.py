@@ -7,11 +7,11 @@ import os
 import pytest
 import torch
 
-from models import registry
-from models.mamba import MambaBlock, MambaConfig
-from models.mlp import MLP
-from models.moe import ablate_expert, capacity, load_balancing_loss
-from models.moe_mamba import MoEMamba, MoEMambaConfig
+from ssmlens.models import registry
+from ssmlens.models.mamba import MambaBlock, MambaConfig
+from ssmlens.models.mlp import MLP
+from ssmlens.models.moe import ablate_expert, capacity, load_balancing_loss
+from ssmlens.models.moe_mamba import MoEMamba, MoEMambaConfig
 
 SMALL = dict(vocab_size=50, d_model=16, n_layers=2, d_state=4, n_experts=4, scan_backend="torch")
 
@@ -146,7 +146,7 @@ def test_perturbing_token_t_changes_nothing_before_t():
 @pytest.mark.parametrize("backend", ["torch", "reference", "triton"])
 def test_runs_with_every_scan_backend(backend):
     if backend == "triton":
-        pytest.importorskip("kernels.triton_scan")
+        pytest.importorskip("ssmlens.kernels.triton_scan")
         if os.environ.get("TRITON_INTERPRET") != "1":
             pytest.skip("triton on the CPU needs TRITON_INTERPRET=1")
     model = moe_mamba()
@@ -159,7 +159,7 @@ def test_runs_with_every_scan_backend(backend):
 
 
 def test_save_load_roundtrip(tmp_path, monkeypatch):
-    monkeypatch.setitem(registry._REGISTRY, "moe_mamba", "models.moe_mamba:MoEMamba")
+    monkeypatch.setitem(registry._REGISTRY, "moe_mamba", "ssmlens.models.moe_mamba:MoEMamba")
     model = moe_mamba()
     model.save(tmp_path / "ckpt")
     loaded = MoEMamba.load(tmp_path / "ckpt")

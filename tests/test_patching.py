@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from interp.hook_names import UnknownHookError
-from interp.tasks import corrupt, make_task
-from models import Mamba, Transformer
-from probes.batched import run_interventions
-from probes.metrics import answer_spec
-from probes.patching import patching_sweep, patching_sweep_reference
-from probes.positions import expand_hooks, position_labels, resolve_positions
+from ssmlens.interp.hook_names import UnknownHookError
+from ssmlens.interp.tasks import corrupt, make_task
+from ssmlens.models import Mamba, Transformer
+from ssmlens.probes.batched import run_interventions
+from ssmlens.probes.metrics import answer_spec
+from ssmlens.probes.patching import patching_sweep, patching_sweep_reference
+from ssmlens.probes.positions import expand_hooks, position_labels, resolve_positions
 
-TASK = dict(n_keys=12, n_values=12, n_pairs=4)  # L = 13
+from patching_helpers import TASK, max_diff, no_hooks_left, requery, sharpen
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -23,29 +23,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def sharpen(model):
-    """Larger (un)embeddings: less uniform logits, so the runs differ clearly."""
-    with torch.no_grad():
-        model.embed.weight.normal_(0, 0.3)
-        if model.unembed is not None:
-            model.unembed.weight.normal_(0, 0.3)
-    return model.eval()
-
-
-def requery(batch, value_seed=1):
-    """Value corruption plus a query for another pair of the context: the query
-    token itself changes, so even an untrained model's answer moves clearly and
-    restored fractions are well conditioned; every position from the queried value on
-    differs between the runs."""
-    corr = corrupt(batch, "value", value_seed)
-    tokens = corr.tokens.clone()
-    q = batch.role("query")[:, 0]
-    other = (batch.role("queried_key")[:, 0] + 2 - 1) % (2 * TASK["n_pairs"]) + 1  # the next pair's key
-    rows = torch.arange(len(batch))
-    tokens[rows, q] = batch.tokens[rows, other]
-    return type(batch)(tokens, corr.loss_mask, corr.roles, corr.vocab_size, corr.task, corr.config)
 
 
 @pytest.fixture(scope="module")
@@ -65,22 +42,6 @@ def mamba(batches):
 def transformer(batches):
     torch.manual_seed(0)
     return sharpen(Transformer(vocab_size=batches[0].vocab_size, d_model=16, n_layers=2, n_heads=2, n_ctx=32))
-
-
-def _no_hooks_left(model):
-    return all(not hp._forward_hooks and not hp._backward_hooks for hp in model.hook_dict.values())
-
-
-def _max_diff(a, b):
-    """Largest difference of the measured quantities. Restored fractions are ratios
-    (patched − corrupted) / (clean − corrupted); their numerators are compared."""
-    assert a.dims == b.dims and a.shape == b.shape
-    assert np.array_equal(np.isnan(a.values), np.isnan(b.values))
-    diff = np.abs(a - b)
-    for metric, base in (("restored", "p_answer"), ("restored_logit_diff", "logit_diff")):
-        den = abs(a.attrs[f"clean_{base}"] - a.attrs[f"corrupted_{base}"])
-        diff.loc[{"metric": metric}] = diff.sel(metric=metric) * den
-    return float(diff.max())
 
 
 def test_self_patch_restores_everything(mamba, batches):
@@ -112,12 +73,12 @@ def test_batched_sweep_equals_one_at_a_time_mamba(mamba, batches, direction):
     assert fast.attrs["engine_forwards"] > 3  # really chunked
     assert fast.attrs["engine_rows"] < fast.attrs["engine_rows_total"]  # really skipped no-ops
     assert np.nanmax(np.abs(fast.sel(metric="restored").values)) > 0.05  # something to compare
-    assert _max_diff(fast, ref) < 1e-5
+    assert max_diff(fast, ref) < 1e-5
     # The shortcuts are exact: turning them all off changes nothing.
     plain = patching_sweep(mamba, clean, corr, "resid_pre,ssm_state", "all", causal=False, skip_noop=False,
                            resume=False, progress=False, **kw)
     assert plain.attrs["engine_rows"] == plain.attrs["engine_rows_total"]
-    assert _max_diff(plain, ref) < 1e-5
+    assert max_diff(plain, ref) < 1e-5
     # Per example: one more axis, whose mean is the batch result.
     per = patching_sweep(mamba, clean, corr, "resid_pre,ssm_state", "all", per_example=True, progress=False, **kw)
     assert per.dims[-1] == "batch" and per.sizes["batch"] == len(clean)
@@ -135,7 +96,7 @@ def test_batched_sweep_equals_one_at_a_time_transformer_roles(transformer, batch
     assert fast.dims == ("metric", "hook", "layer", "role")
     assert list(fast["role"].values) == [str(u) for u in units]
     assert np.isnan(fast.sel(hook="mlp.hook_post", layer=0)).all()  # only layer 1 was asked for
-    assert _max_diff(fast, ref) < 1e-5
+    assert max_diff(fast, ref) < 1e-5
 
 
 def test_unknown_and_ambiguous_hooks(mamba, batches):
@@ -164,9 +125,9 @@ def test_hooks_detached_after_error(mamba, batches):
     with pytest.raises(RuntimeError, match="boom"):
         run_interventions(mamba, corr.tokens, clean.tokens, spec, sites, units, units,
                           lambda logits, ex: {"x": logits[:, 0, 0]}, combine=boom, skip_noop=False, progress=False)
-    assert _no_hooks_left(mamba)
+    assert no_hooks_left(mamba)
     patching_sweep(mamba, clean, corr, "resid_pre", "all", progress=False)
-    assert _no_hooks_left(mamba)
+    assert no_hooks_left(mamba)
 
 
 def test_positions_and_labels(batches):
@@ -196,7 +157,7 @@ def test_metric_contrast_tokens(batches):
 
 
 def test_bmojo_memory_write_patching(batches):
-    bmojo = pytest.importorskip("models.bmojo")
+    bmojo = pytest.importorskip("ssmlens.models.bmojo")
     _, clean, corr = batches
     torch.manual_seed(0)
     model = sharpen(bmojo.BMojo(vocab_size=batches[0].vocab_size, d_model=16, n_layers=2, n_heads=2, window=3,
@@ -204,12 +165,12 @@ def test_bmojo_memory_write_patching(batches):
     hooks = "memory.hook_write,ssm_state,resid_pre"
     ref = patching_sweep_reference(model, clean, corr, hooks, "all")
     fast = patching_sweep(model, clean, corr, hooks, "all", chunk_rows=9, progress=False)
-    assert _max_diff(fast, ref) < 1e-5
+    assert max_diff(fast, ref) < 1e-5
 
 
 def test_moe_mamba_patching(batches):
     """MoE capacity depends on the sequence length: the sweep must not change it."""
-    moe = pytest.importorskip("models.moe_mamba")
+    moe = pytest.importorskip("ssmlens.models.moe_mamba")
     _, clean, corr = batches
     torch.manual_seed(0)
     model = sharpen(moe.MoEMamba(vocab_size=batches[0].vocab_size, d_model=16, n_layers=2, n_experts=4,
@@ -217,13 +178,13 @@ def test_moe_mamba_patching(batches):
     hooks = "resid_pre,moe.hook_expert_out,ssm_state"
     ref = patching_sweep_reference(model, clean, corr, hooks, "all")
     fast = patching_sweep(model, clean, corr, hooks, "all", chunk_rows=11, progress=False)
-    assert _max_diff(fast, ref) < 1e-5
+    assert max_diff(fast, ref) < 1e-5
 
 
 def test_study_and_cli_write_runs(tmp_path, mamba, batches):
-    from interp.cli import main
-    from interp.store import open_run
-    from probes.study import run_patching_study
+    from ssmlens.interp.cli import main
+    from ssmlens.interp.store import open_run
+    from ssmlens.probes.study import run_patching_study
 
     ckpt = tmp_path / "ckpt"
     mamba.save(ckpt)
@@ -246,9 +207,9 @@ def test_study_and_cli_write_runs(tmp_path, mamba, batches):
 
 
 def test_figures(mamba, batches):
-    from probes.figures import compare_scatter, interchange_bars, patching_heatmap
-    from probes.attribution import attribution_patching
-    from probes.interchange import interchange_sweep
+    from ssmlens.probes.figures import compare_scatter, interchange_bars, patching_heatmap
+    from ssmlens.probes.attribution import attribution_patching
+    from ssmlens.probes.interchange import interchange_sweep
 
     _, clean, corr = batches
     res = patching_sweep(mamba, clean, corr, "resid_pre,ssm_state", "all", progress=False)

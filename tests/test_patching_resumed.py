@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from interp.tasks import corrupt, make_task
-from models import BMojo, Mamba, MoEMamba, Transformer
-from probes.batched import run_interventions
-from probes.metrics import answer_spec
-from probes.patching import patching_sweep, patching_sweep_reference
-from probes.positions import expand_hooks, resolve_positions
-from test_patching import TASK, _max_diff, _no_hooks_left, requery, sharpen
+from ssmlens.interp.tasks import corrupt, make_task
+from ssmlens.models import BMojo, Mamba, MoEMamba, Transformer
+from ssmlens.probes.batched import run_interventions
+from ssmlens.probes.metrics import answer_spec
+from ssmlens.probes.patching import patching_sweep, patching_sweep_reference
+from ssmlens.probes.positions import expand_hooks, resolve_positions
+
+from patching_helpers import TASK, max_diff, no_hooks_left, requery, sharpen
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +67,8 @@ def test_resumed_sweep_equals_one_forward_per_patch(kind, direction, batches):
     fast = patching_sweep(model, clean, corr, hooks, "all", direction=direction, chunk_rows=13, progress=False)
     assert fast.attrs["engine_rows_resumed"] == fast.attrs["engine_rows"] > 0  # every row resumed
     assert np.nanmax(np.abs(fast.sel(metric="restored").values)) > 0.05  # something to compare
-    assert _max_diff(fast, ref) < 1e-5
-    assert _no_hooks_left(model)
+    assert max_diff(fast, ref) < 1e-5
+    assert no_hooks_left(model)
 
 
 @pytest.mark.parametrize("kind", list(CASES))
@@ -81,7 +82,7 @@ def test_roles_and_multi_position_units(kind, batches):
     ref = patching_sweep_reference(model, clean, corr, hooks, units)
     fast = patching_sweep(model, clean, corr, hooks, units, chunk_rows=7, progress=False)
     assert fast.dims == ("metric", "hook", "layer", "role")
-    assert _max_diff(fast, ref) < 1e-5
+    assert max_diff(fast, ref) < 1e-5
 
 
 @pytest.mark.parametrize("kind", list(CASES))
@@ -106,7 +107,7 @@ def test_hooks_outside_the_blocks_fall_back(batches):
     ref = patching_sweep_reference(model, clean, corr, hooks, "all")
     fast = patching_sweep(model, clean, corr, hooks, "all", progress=False)
     assert 0 < fast.attrs["engine_rows_resumed"] < fast.attrs["engine_rows"]
-    assert _max_diff(fast, ref) < 1e-5
+    assert max_diff(fast, ref) < 1e-5
 
 
 def test_models_that_cannot_resume_fall_back(batches):
@@ -122,11 +123,11 @@ def test_models_that_cannot_resume_fall_back(batches):
     model = sharpen(Doubled(vocab_size=clean.vocab_size, d_model=16, n_layers=2, d_state=4))
     ref = patching_sweep_reference(model, clean, corr, "resid_pre,ssm_state", "all")
     fast = patching_sweep(model, clean, corr, "resid_pre,ssm_state", "all", progress=False)
-    assert fast.attrs["engine_rows_resumed"] == 0 and _max_diff(fast, ref) < 1e-5
+    assert fast.attrs["engine_rows_resumed"] == 0 and max_diff(fast, ref) < 1e-5
     plain = build("mamba", clean.vocab_size)
     res = patching_sweep(plain, clean, corr, "resid_pre", "all", causal=False, progress=False)
     assert res.attrs["engine_rows_resumed"] == 0
-    assert _max_diff(res, patching_sweep_reference(plain, clean, corr, "resid_pre", "all")) < 1e-5
+    assert max_diff(res, patching_sweep_reference(plain, clean, corr, "resid_pre", "all")) < 1e-5
 
 
 def test_hooks_detached_after_an_error_in_a_resumed_forward(batches):
@@ -138,7 +139,7 @@ def test_hooks_detached_after_an_error_in_a_resumed_forward(batches):
     inside = []
 
     def boom(site, base, source):
-        inside.append(not _no_hooks_left(model))
+        inside.append(not no_hooks_left(model))
         if inside[-1]:  # called by a patch hook: inside a resumed forward
             raise RuntimeError("boom")
         return source
@@ -147,7 +148,7 @@ def test_hooks_detached_after_an_error_in_a_resumed_forward(batches):
         run_interventions(model, corr.tokens, clean.tokens, spec, sites, units, units,
                           lambda logits, ex: {"x": logits[:, 0, 0]}, combine=boom, progress=False)
     assert inside[-1] and not any(inside[:-1])
-    assert _no_hooks_left(model)
+    assert no_hooks_left(model)
 
 
 def test_source_read_after_the_last_query(batches):
@@ -182,7 +183,7 @@ def test_a_model_with_hooks_attached_runs_whole_sequences(batches):
         model.add_hook("blocks.0.mixer.hook_delta", ablate)  # the reference's context reset it
         fast = patching_sweep(model, clean, corr, "resid_pre,ssm_state", "all", progress=False)
         assert fast.attrs["engine_rows_resumed"] == 0
-        assert _max_diff(fast, ref) < 1e-5
+        assert max_diff(fast, ref) < 1e-5
     finally:
         model.reset_hooks()
 
@@ -199,13 +200,13 @@ def test_a_patch_making_the_block_input_the_source_copies_the_source_run(kind):
     ref = patching_sweep_reference(model, clean, corr, hooks, "all")
     fast = patching_sweep(model, clean, corr, hooks, "all", progress=False)
     assert fast.attrs["engine_rows_source"] >= 6  # layer 0, the corrupted position, each example
-    assert _max_diff(fast, ref) < 1e-5
+    assert max_diff(fast, ref) < 1e-5
 
 
 def test_last_mamba_block_is_read_in_closed_form(batches, monkeypatch):
     """Patches of the last Mamba block's input run windows of d_conv positions (read
     past them in closed form), single and multi-position units alike."""
-    from models.mamba_mixer import MambaMixer
+    from ssmlens.models.mamba_mixer import MambaMixer
 
     clean, corr = batches
     model = build("mamba", clean.vocab_size)
@@ -216,7 +217,7 @@ def test_last_mamba_block_is_read_in_closed_form(batches, monkeypatch):
     ref = patching_sweep_reference(model, clean, corr, "resid_pre,mixer.hook_x", units)
     # small chunks: a chunk's window is its longest row's
     fast = patching_sweep(model, clean, corr, "resid_pre,mixer.hook_x", units, chunk_rows=2, progress=False)
-    assert calls and _max_diff(fast, ref) < 1e-5
+    assert calls and max_diff(fast, ref) < 1e-5
 
 
 @pytest.mark.parametrize("kind", ["mamba", "transformer", "bmojo"])
@@ -229,11 +230,11 @@ def test_small_memory_budgets_give_even_chunks(kind, batches):
     ref = patching_sweep_reference(model, clean, corr, hooks, "all")
     fast = patching_sweep(model, clean, corr, hooks, "all", memory_mb=0.05, progress=False)
     assert fast.attrs["engine_forwards"] > 10
-    assert _max_diff(fast, ref) < 1e-5
+    assert max_diff(fast, ref) < 1e-5
 
 
 def test_chunks_are_as_few_as_the_budget_allows_and_even():
-    from probes.resumed import _greedy, _split
+    from ssmlens.probes.resumed import _greedy, _split
 
     lengths = torch.tensor([1] * 10 + [3] * 7 + [8] * 5 + [13])
     row_bytes = 100.0
@@ -248,7 +249,7 @@ def test_chunks_are_as_few_as_the_budget_allows_and_even():
 
 
 def test_position_differences_are_exact():
-    from probes.batched import _position_differs
+    from ssmlens.probes.batched import _position_differs
 
     base = torch.tensor([[[0.0, 1.0], [float("nan"), 2.0], [-0.0, 3.0], [1.0, 1e-45]]])
     source = torch.tensor([[[0.0, 1.0], [float("nan"), 2.0], [0.0, 3.0], [1.0, 0.0]]])
@@ -268,7 +269,7 @@ def test_last_transformer_block_reads_only_the_queries(kind, batches, monkeypatc
     (``TransformerBlock.forward_read``), patches of its position-local hooks run from
     the first query they cover, and hooks in it fall back to whole windows: the sweep
     still equals one forward per patch, single and multi-position units alike."""
-    from models.attention import Attention
+    from ssmlens.models.attention import Attention
 
     clean, corr = batches
     model = build(kind, clean.vocab_size)
@@ -279,5 +280,5 @@ def test_last_transformer_block_reads_only_the_queries(kind, batches, monkeypatc
     units = ["queried_key", "key", "*", (3, 7), 5, 9]
     ref = patching_sweep_reference(model, clean, corr, hooks, units)
     fast = patching_sweep(model, clean, corr, hooks, units, chunk_rows=3, progress=False)
-    assert calls and _max_diff(fast, ref) < 1e-5
-    assert _no_hooks_left(model)
+    assert calls and max_diff(fast, ref) < 1e-5
+    assert no_hooks_left(model)

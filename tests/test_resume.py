@@ -5,9 +5,9 @@ on the window, and with an SSM state edit in closed form equal to the hook edit.
 import pytest
 import torch
 
-from models import BMojo, Mamba, MoEMamba, Transformer
-from models.lm import LanguageModel
-from models.resume import StateEdit, resumable, resume_blocks, resume_hook_names
+from ssmlens.models import BMojo, Mamba, MoEMamba, Transformer
+from ssmlens.models.lm import LanguageModel
+from ssmlens.models.resume import StateEdit, resumable, resume_blocks, resume_hook_names
 
 V, L = 24, 13
 
@@ -258,10 +258,10 @@ def test_reads_past_the_window_need_a_quiet_last_block():
 
 
 def test_window_scans_equal_the_reference_scan():
-    """models.resume_scan == kernels' float64 reference: every state and y of a window
+    """ssmlens.models.resume_scan == kernels' float64 reference: every state and y of a window
     from an initial state, and the final state and y at a few reads."""
-    from kernels import selective_scan
-    from models.resume_scan import scan_read_out, scan_window
+    from ssmlens.kernels import selective_scan
+    from ssmlens.models.resume_scan import scan_read_out, scan_window
 
     g = torch.Generator().manual_seed(3)
     R, T, d, n = 3, 7, 8, 4
@@ -281,7 +281,7 @@ def test_window_scans_equal_the_reference_scan():
 
 
 def test_span_sums_are_sums():
-    from models.resume import Resume
+    from ssmlens.models.resume import Resume
 
     values = torch.rand(2, 9, 3)
     res = Resume(torch.tensor([1, 0, 1]), torch.tensor([0, 2, 4]), 3, 9, {"x": values})
@@ -324,7 +324,7 @@ def test_last_transformer_block_reads_past_a_short_window(kind, width):
 def test_last_transformer_block_computes_only_the_reads(kind, monkeypatch):
     """Entering below the last block, the last block computes keys and values at the
     changed positions and everything else at the reads only (the MLP sees R × q rows)."""
-    from models.mlp import MLP
+    from ssmlens.models.mlp import MLP
 
     model = build(kind)
     seen = []

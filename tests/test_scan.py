@@ -4,9 +4,9 @@ on fresh random inputs for every option of the contract (DESIGN §3)."""
 import pytest
 import torch
 
-from kernels import ScanInputError, linear_recurrence, linear_recurrence_reference, selective_scan
+from ssmlens.kernels import ScanInputError, linear_recurrence, linear_recurrence_reference, selective_scan
 
-from conftest import rel_err
+from helpers import rel_err
 
 SHAPES = [  # b, L, d, n, groups (None = ungrouped)
     (1, 1, 3, 1, None),
@@ -46,7 +46,7 @@ def _options(b, L, d, n):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_forward_matches_reference(shape, monkeypatch):
     # small chunks so that L = 37, 130 cross chunk boundaries with states and overrides
-    monkeypatch.setattr("kernels.torch_scan.CHUNK", 16)
+    monkeypatch.setattr("ssmlens.kernels.torch_scan.CHUNK", 16)
     b, L, d, n, g = shape
     for opts in _options(b, L, d, n):
         for use_init, use_z in ((True, True), (False, False)):

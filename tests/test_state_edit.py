@@ -4,10 +4,10 @@ import pytest
 import torch
 from nnsight import NNsight
 
-from kernels import selective_scan
-from models import Mamba
+from ssmlens.kernels import selective_scan
+from ssmlens.models import Mamba
 
-from conftest import rel_err
+from helpers import rel_err
 
 V = 30
 HOOK = "blocks.0.mixer.hook_ssm_state"

@@ -16,11 +16,11 @@ import torch
 import xarray as xr
 import zarr
 
-from interp.store import (
+from ssmlens.interp.store import (
     CorruptRunError, IncompleteRunError, MissingEntryError, NotARunError, RunClosedError,
     RunExistsError, RunNotFoundError, create_run, list_runs, open_run,
 )
-from interp.tasks.base import TaskBatch
+from ssmlens.interp.tasks.base import TaskBatch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -204,13 +204,13 @@ def test_append_random_pieces_from_a_reused_caller_buffer(tmp_path, seed):
     ((256, 610), 4, 4 * 2**20, 4),
 ])
 def test_stream_chunks_follow_the_first_block(trailing, first, target, rows):
-    from interp.store.encoding import stream_chunks
+    from ssmlens.interp.store.encoding import stream_chunks
 
     assert stream_chunks(trailing, 4, first, target) == (rows, *trailing)
 
 
 def test_equal_blocks_stream_without_copies_and_pad_the_last_chunk(tmp_path, monkeypatch):
-    from interp.store import appender
+    from ssmlens.interp.store import appender
 
     copies = []
     real_add = appender.Appender.add
@@ -255,7 +255,7 @@ def test_exception_leaves_incomplete_run_with_what_was_written(tmp_path):
 
 KILLED_WRITER = """
 import sys, time, torch
-from interp.store import create_run
+from ssmlens.interp.store import create_run
 w = create_run(sys.argv[1], {"kind": "killed"}, chunk_bytes=4 * 32 * 64 * 4)  # 4 rows per chunk
 w.write_cache({"hook_embed": torch.ones(2, 3, 4)})
 i = 0
@@ -292,8 +292,8 @@ def test_sigkill_mid_write_is_never_read_as_complete(tmp_path):
 
 KILLED_MID_CHUNK = """
 import os, signal, sys, torch
-import interp.store.writer as writer
-from interp.store import create_run
+import ssmlens.interp.store.writer as writer
+from ssmlens.interp.store import create_run
 w = create_run(sys.argv[1], {}, chunk_bytes=4 * 16 * 4)  # 4 rows per chunk
 w.append("hook_embed", torch.zeros(4, 1, 16))  # rows 0..3: committed
 real = writer.write_jobs
@@ -468,7 +468,7 @@ def test_failed_chunk_write_leaves_run_incomplete_and_readable(tmp_path, monkeyp
     metadata names its chunks), the run reads as incomplete, and listing says nothing."""
     import warnings
 
-    from interp.store.localfs import ReservingLocalStore
+    from ssmlens.interp.store.localfs import ReservingLocalStore
 
     real_set = ReservingLocalStore._set
     started = []
@@ -501,8 +501,8 @@ def test_failed_chunk_write_leaves_run_incomplete_and_readable(tmp_path, monkeyp
 
 KILLED_IN_WRITE_CACHE = """
 import os, signal, sys, torch
-import interp.store.writer as writer
-from interp.store import create_run
+import ssmlens.interp.store.writer as writer
+from ssmlens.interp.store import create_run
 w = create_run(sys.argv[1], {}, chunk_bytes=4 * 64 * 4)  # 4 rows per chunk
 w.write_cache({"hook_embed": torch.ones(8, 64)})
 real, calls = writer.write_jobs, []
@@ -568,7 +568,7 @@ def test_store_code_on_a_memory_url_chunks_pads_and_fails_the_same(monkeypatch):
 
 
 def test_reserving_store_writes_the_same_bytes_with_or_without_fallocate(tmp_path, monkeypatch):
-    import interp.store.localfs as localfs
+    import ssmlens.interp.store.localfs as localfs
 
     x = torch.randn(64, 32, 16)  # 128 KiB: above RESERVE_FROM
     variants = {"fallocate": localfs._FALLOCATE, "none": None, "failing": lambda *a: -1}

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from interp.tasks import (
+from ssmlens.interp.tasks import (
     TASKS,
     ARTask,
     MQARTask,
@@ -17,8 +17,8 @@ from interp.tasks import (
     make_task,
     task_from_batch,
 )
-from interp.tasks import positions
-from interp.tasks.sampling import make_generator, sample_distinct, sample_excluding
+from ssmlens.interp.tasks import positions
+from ssmlens.interp.tasks.sampling import make_generator, sample_distinct, sample_excluding
 
 # Small configs so every test runs in milliseconds on CPU.
 SMALL = {

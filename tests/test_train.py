@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from interp.training import (
+from ssmlens.interp.training import (
     ConfigError,
     RunDir,
     TaskData,
@@ -19,8 +19,8 @@ from interp.training import (
     load_config,
     lr_at,
 )
-from models import Transformer, load_model
-from models import registry
+from ssmlens.models import Transformer, load_model
+from ssmlens.models import registry
 
 TINY_AR = {"n_keys": 8, "n_values": 8, "n_pairs": 2}
 
@@ -232,7 +232,7 @@ def test_unknown_model_or_task_names_choices(tmp_path):
 
 # -- demo --------------------------------------------------------------------------------
 def test_demo_training_is_idempotent(tmp_path, monkeypatch):
-    from interp import demo_train
+    from ssmlens.interp import demo_train
 
     for model in list(demo_train.DEMO_SETTINGS):
         small = dict(demo_train.DEMO_SETTINGS[model], task_config=TINY_AR, d_model=16, n_layers=1, steps=4,

@@ -48,8 +48,8 @@ def _interpreter_ready() -> bool:
 _CPU_IN_PROCESS = not _CUDA and _interpreter_ready()
 _IN_SUBPROCESS = os.environ.get("SSMLENS_TRITON_SUBPROCESS") == "1"
 
-from kernels import triton_scan  # noqa: E402
-from kernels.scan import selective_scan  # noqa: E402
+from ssmlens.kernels import triton_scan  # noqa: E402
+from ssmlens.kernels.scan import selective_scan  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -167,7 +167,7 @@ def test_interpreter_matches_reference(name, request):
                     reason="only when triton was already imported compiled in this process")
 def test_interpreter_subprocess():
     env = dict(os.environ, TRITON_INTERPRET="1", SSMLENS_TRITON_SUBPROCESS="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+    proc = subprocess.run([sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
                            "-k", "interpreter_matches_reference or interpreter_no_grad"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -5,7 +5,7 @@ reader and the selections, which the tests call directly."""
 
 from __future__ import annotations
 
-from dashboards.pages import attention, compare, gating, interventions, runs, states, tokens
+from ssmlens.dashboards.pages import attention, compare, gating, interventions, runs, states, tokens
 
 PAGES = [runs, tokens, gating, states, attention, interventions, compare]
 

@@ -3,7 +3,7 @@ eidetic memory.
 
 - the pattern of a layer (one head or their mean); for B'MOJO split into its window
   columns, its eidetic-memory columns (written tokens older than the window) and the
-  query's fading token, the layout of ``models.bmojo_attention``;
+  query's fading token, the layout of ``ssmlens.models.bmojo_attention``;
 - the selected token's row (as a query): weight per key, coloured by part;
 - per query, the attention mass by part (B'MOJO) or by role of the key (Transformer);
 - innovation scores z_t per layer with the write threshold τ and the written tokens;
@@ -17,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 from dash import Input, Output, State, html
 
-from dashboards import analysis, catalog, figures, figures_model
-from dashboards.components import control, dropdown, fig_id, figure_card, layer_options, page_header, row, status
-from dashboards.context import Context, status_message
-from dashboards.reader import RunAccessError
+from ssmlens.dashboards import analysis, catalog, figures, figures_model
+from ssmlens.dashboards.components import control, dropdown, fig_id, figure_card, layer_options, page_header, row, status
+from ssmlens.dashboards.context import Context, status_message
+from ssmlens.dashboards.reader import RunAccessError
 
 NAME = "attention"
 PATH = "/attention"

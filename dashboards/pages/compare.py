@@ -15,10 +15,10 @@ from collections import Counter
 import numpy as np
 from dash import Input, Output, State, dash_table, html
 
-from dashboards import catalog, figures, results
-from dashboards.components import control, dropdown, fig_id, figure_card, page_header, row, status
-from dashboards.context import Context, status_message
-from dashboards.reader import RunAccessError
+from ssmlens.dashboards import catalog, figures, results
+from ssmlens.dashboards.components import control, dropdown, fig_id, figure_card, page_header, row, status
+from ssmlens.dashboards.context import Context, status_message
+from ssmlens.dashboards.reader import RunAccessError
 
 NAME = "compare"
 PATH = "/compare"

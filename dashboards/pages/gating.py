@@ -14,12 +14,12 @@ from __future__ import annotations
 import numpy as np
 from dash import Input, Output, State, html
 
-from dashboards import analysis, figures
-from dashboards.components import (
+from ssmlens.dashboards import analysis, figures
+from ssmlens.dashboards.components import (
     control, dropdown, fig_id, figure_card, layer_options, page_header, radio, row, status,
 )
-from dashboards.context import Context, status_message
-from dashboards.reader import RunAccessError
+from ssmlens.dashboards.context import Context, status_message
+from ssmlens.dashboards.reader import RunAccessError
 
 NAME = "gating"
 PATH = "/gating"

@@ -2,9 +2,9 @@
 
 Results (labelled arrays): activation patching (layer × position, one result per hook),
 attribution patching, interchange interventions, probe accuracy sweeps, ablation
-arrays, or anything else: ``dashboards.results`` draws two dims and offers the others
+arrays, or anything else: ``ssmlens.dashboards.results`` draws two dims and offers the others
 as a slice choice. Tables: the ablation study table as grouped bars
-(``probes.ablation_figures``), every table as a sortable table.
+(``ssmlens.probes.ablation_figures``), every table as a sortable table.
 
 Callbacks: ``iv_controls``, ``iv_slices``, ``iv_result``, ``iv_table_metrics``, ``iv_table``.
 """
@@ -14,10 +14,10 @@ from __future__ import annotations
 import pandas as pd
 from dash import Input, Output, State, dash_table, html
 
-from dashboards import catalog, figures, results
-from dashboards.components import control, dropdown, fig_id, figure_card, page_header, radio, row, status
-from dashboards.context import Context, status_message
-from dashboards.reader import Reader, RunAccessError
+from ssmlens.dashboards import catalog, figures, results
+from ssmlens.dashboards.components import control, dropdown, fig_id, figure_card, page_header, radio, row, status
+from ssmlens.dashboards.context import Context, status_message
+from ssmlens.dashboards.reader import Reader, RunAccessError
 
 NAME = "interventions"
 PATH = "/interventions"
@@ -88,7 +88,7 @@ def render_table(ctx: Context, run, table, metric, mode):
         return figures.message(text, "Tables"), status_message(text, "info")
     df = ctx.reader.table(run, table)
     if is_ablation(df) and metric:
-        from probes.ablation_figures import ablation_bar_chart
+        from ssmlens.probes.ablation_figures import ablation_bar_chart
 
         try:
             fig = ablation_bar_chart(df, metric, relative=mode == "relative")

@@ -12,10 +12,10 @@ import json
 
 from dash import Input, Output, State, dash_table, html, no_update
 
-from dashboards import catalog
-from dashboards.components import page_header, status
-from dashboards.context import Context, status_message
-from dashboards.reader import RunAccessError
+from ssmlens.dashboards import catalog
+from ssmlens.dashboards.components import page_header, status
+from ssmlens.dashboards.context import Context, status_message
+from ssmlens.dashboards.reader import RunAccessError
 
 NAME = "runs"
 PATH = "/runs"

@@ -4,7 +4,7 @@
 - the state trajectory of one layer in its first two principal components, tokens as
   labels (click a point to select its token);
 - Mamba's implicit attention matrix (decay-weighted C·B products, reduced over
-  channels; ``dashboards.analysis.implicit_attention``) next to a real attention
+  channels; ``ssmlens.dashboards.analysis.implicit_attention``) next to a real attention
   pattern: the selected run's own when it has one (B'MOJO), else a run chosen in
   "real attention from" (by default a run on the same task that cached patterns).
 
@@ -17,13 +17,13 @@ import numpy as np
 from dash import Input, Output, State, html
 from dash.exceptions import PreventUpdate
 
-from dashboards import analysis, catalog, figures, figures_model
-from dashboards.components import (
+from ssmlens.dashboards import analysis, catalog, figures, figures_model
+from ssmlens.dashboards.components import (
     control, dropdown, fig_id, figure_card, layer_options, page_header, radio, row, status,
 )
-from dashboards.context import Context, status_message
-from dashboards.pages.tokens import clicked_position
-from dashboards.reader import Reader, RunAccessError
+from ssmlens.dashboards.context import Context, status_message
+from ssmlens.dashboards.pages.tokens import clicked_position
+from ssmlens.dashboards.reader import Reader, RunAccessError
 
 NAME = "states"
 PATH = "/states"

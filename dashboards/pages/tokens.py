@@ -15,11 +15,11 @@ import xarray as xr
 from dash import Input, Output, State, callback_context, html
 from dash.exceptions import PreventUpdate
 
-from dashboards import analysis, figures, figures_model
-from dashboards.components import control, dropdown, fig_id, figure_card, page_header, row, status
-from dashboards.context import Context
-from dashboards.reader import Reader, RunAccessError
-from dashboards.results import POSITION_DIMS, layer_pos_profile, position_dim
+from ssmlens.dashboards import analysis, figures, figures_model
+from ssmlens.dashboards.components import control, dropdown, fig_id, figure_card, page_header, row, status
+from ssmlens.dashboards.context import Context
+from ssmlens.dashboards.reader import Reader, RunAccessError
+from ssmlens.dashboards.results import POSITION_DIMS, layer_pos_profile, position_dim
 
 NAME = "tokens"
 PATH = "/tokens"

@@ -2,7 +2,7 @@
 
     ssmlens ablate examples/ablation_study.yaml --out runs/a
 
-The format is described in ``probes.ablation_study``. Re-running with the same
+The format is described in ``ssmlens.probes.ablation_study``. Re-running with the same
 ``--out`` evaluates only the cells not finished yet. Prints the accuracy table and
 where the run store is.
 """
@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import warnings
 
-    from probes.ablation_study import AblationSkipped, StudyError, load_study, run_study
+    from ssmlens.probes.ablation_study import AblationSkipped, StudyError, load_study, run_study
 
     try:
         study = load_study(args.study)

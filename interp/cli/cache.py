@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def task_args(args) -> dict:
-    from interp.cli.train import parse_assignments
+    from ssmlens.interp.cli.train import parse_assignments
 
     return parse_assignments(args.task_arg, "--task-arg")
 
@@ -50,12 +50,12 @@ def run(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from interp.hook_names import UnknownHookError
-    from interp.store import StoreError, create_run
-    from interp.tasks import make_task
-    from models.checkpoint import CheckpointError
-    from probes.positions import expand_hooks
-    from probes.study import load_for_study
+    from ssmlens.interp.hook_names import UnknownHookError
+    from ssmlens.interp.store import StoreError, create_run
+    from ssmlens.interp.tasks import make_task
+    from ssmlens.models.checkpoint import CheckpointError
+    from ssmlens.probes.positions import expand_hooks
+    from ssmlens.probes.study import load_for_study
 
     try:
         model, ckpt, task, settings = load_for_study(args.checkpoint, args.task, task_args(args))

@@ -22,7 +22,7 @@ def add_arguments(parser) -> None:
 
 def serve(runs_dir="runs", host: str = "127.0.0.1", port: int = 8050) -> int:
     """Serve the dashboard until interrupted (imports dash only when called)."""
-    from dashboards.serve import serve as _serve
+    from ssmlens.dashboards.serve import serve as _serve
 
     return _serve(runs_dir, host, port)
 

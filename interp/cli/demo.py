@@ -1,8 +1,8 @@
 """``ssmlens demo``: the main job on local defaults, on the CPU.
 
 1. trains (or reuses) the demo models on a small associative-recall setting
-   (``interp.demo_train``), under ``runs/``;
-2. runs the AR patching study on each (``probes.study.run_patching_study``): clean
+   (``ssmlens.interp.demo_train``), under ``runs/``;
+2. runs the AR patching study on each (``ssmlens.probes.study.run_patching_study``): clean
    vs. value-corrupted runs, every layer × position of the residual stream and of the
    model's memory (SSM states, attention outputs), attribution patching, a cached
    clean run — one run store per model under ``runs/demo/``;
@@ -30,9 +30,9 @@ def add_arguments(parser) -> None:
 def _study(checkpoint, out, examples: int) -> str:
     """Run the patching study unless a complete store of this checkpoint (same path and
     same weights: a demo with new settings retrains at the same path) is there."""
-    from interp.store import StoreError, open_run
-    from models.checkpoint import weights_digest
-    from probes.study import run_patching_study
+    from ssmlens.interp.store import StoreError, open_run
+    from ssmlens.models.checkpoint import weights_digest
+    from ssmlens.probes.study import run_patching_study
 
     try:
         run = open_run(out)
@@ -46,7 +46,7 @@ def _study(checkpoint, out, examples: int) -> str:
 
 def _strongest(store: str) -> list[str]:
     """One line per hook kind: where restoring the clean value helps most."""
-    from interp.store import open_run
+    from ssmlens.interp.store import open_run
 
     run = open_run(store)
     lines = []
@@ -62,7 +62,7 @@ def _strongest(store: str) -> list[str]:
 def run(args) -> int:
     from pathlib import Path
 
-    from interp.demo_train import train_demo_models
+    from ssmlens.interp.demo_train import train_demo_models
 
     runs = Path(args.runs)
     print(f"== 1. training the demo models on the CPU (checkpoints under {runs}/)")
@@ -80,6 +80,6 @@ def run(args) -> int:
     if args.no_serve:
         return 0
     print(f"\n== 4. dashboard on {runs}/ (Ctrl+C to stop)")
-    from interp.cli.dash import serve
+    from ssmlens.interp.cli.dash import serve
 
     return serve(str(runs), "127.0.0.1", args.port)

@@ -36,11 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def evaluate_checkpoint(path, task: str | None = None, task_args: dict | None = None, n: int | None = None,
                         seed: int | None = None, batch_size: int = 500, device: str = "auto") -> dict:
     """Metrics of the checkpoint at ``path`` (see the module docstring for the defaults)."""
-    from interp.training.checkpointing import find_train_config, resolve_checkpoint
-    from interp.training.data import build_task, derive_seed, eval_seed
-    from interp.training.evaluate import evaluate
-    from interp.training.optim import resolve_device
-    from models.checkpoint import load_model
+    from ssmlens.interp.training.checkpointing import find_train_config, resolve_checkpoint
+    from ssmlens.interp.training.data import build_task, derive_seed, eval_seed
+    from ssmlens.interp.training.evaluate import evaluate
+    from ssmlens.interp.training.optim import resolve_device
+    from ssmlens.models.checkpoint import load_model
 
     ckpt = resolve_checkpoint(path)
     trained = find_train_config(ckpt) or {}
@@ -65,10 +65,10 @@ def evaluate_checkpoint(path, task: str | None = None, task_args: dict | None = 
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.checkpoint import CheckpointError
+    from ssmlens.models.checkpoint import CheckpointError
 
     try:
-        from interp.cli.train import parse_assignments
+        from ssmlens.interp.cli.train import parse_assignments
 
         result = evaluate_checkpoint(
             args.checkpoint, task=args.task, task_args=parse_assignments(args.task_arg, "--task-arg"),

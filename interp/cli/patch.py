@@ -5,7 +5,7 @@
 
 Samples the task the model was trained on (``--task``/``--task-arg`` to change it),
 corrupts it (``--corrupt value``: the queried pair's value; ``key``: its key) and
-patches every hook site × position unit (``probes.patching``), batched. Positions:
+patches every hook site × position unit (``ssmlens.probes.patching``), batched. Positions:
 ``all`` (each position), ``*`` (all at once), or a comma list of ints and roles.
 ``--attribution`` adds attribution patching over the same sites. Writes
 ``results/patching/<kind>`` (dims metric, layer, pos|role), ``tables/patching``,
@@ -23,7 +23,7 @@ HELP = "activation patching sweep (hooks x layers x positions) into a run store"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from interp.cli.cache import add_common
+    from ssmlens.interp.cli.cache import add_common
 
     add_common(p)
     p.add_argument("--hooks", default=None,
@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parse_positions(text: str):
-    """``"all"`` / ``"*"`` / ``"3,5,query"`` -> a ``probes.positions`` spec."""
+    """``"all"`` / ``"*"`` / ``"3,5,query"`` -> a ``ssmlens.probes.positions`` spec."""
     text = text.strip()
     if text in ("all", "*"):
         return text if text == "all" else ["*"]
@@ -56,14 +56,14 @@ def parse_positions(text: str):
 
 
 def run(args) -> int:
-    from interp.cli.cache import task_args
-    from interp.hook_names import UnknownHookError
-    from interp.store import StoreError, create_run
-    from interp.tasks import corrupt, make_task
-    from models.checkpoint import CheckpointError
-    from probes.attribution import attribution_patching
-    from probes.patching import patching_sweep
-    from probes.study import _one_kind, default_hooks, kind_key, load_for_study, tidy
+    from ssmlens.interp.cli.cache import task_args
+    from ssmlens.interp.hook_names import UnknownHookError
+    from ssmlens.interp.store import StoreError, create_run
+    from ssmlens.interp.tasks import corrupt, make_task
+    from ssmlens.models.checkpoint import CheckpointError
+    from ssmlens.probes.attribution import attribution_patching
+    from ssmlens.probes.patching import patching_sweep
+    from ssmlens.probes.study import _one_kind, default_hooks, kind_key, load_for_study, tidy
 
     try:
         model, ckpt, task, settings = load_for_study(args.checkpoint, args.task, task_args(args))

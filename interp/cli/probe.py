@@ -51,15 +51,15 @@ def _task_args(items: list[str]) -> dict:
 def run(args) -> int:
     import torch
 
-    from interp.store import create_run
-    from interp.tasks import make_task
-    from probes.ablation_spec import _load_checkpoint
-    from probes.linear import probe_sweep, sweep_table
+    from ssmlens.interp.store import create_run
+    from ssmlens.interp.tasks import make_task
+    from ssmlens.probes.ablation_spec import _load_checkpoint
+    from ssmlens.probes.linear import probe_sweep, sweep_table
 
     model = _load_checkpoint(args.checkpoint).to(args.device).eval()
     task_name, task_cfg = args.task, {}
     try:
-        from interp.training.checkpointing import find_train_config, resolve_checkpoint
+        from ssmlens.interp.training.checkpointing import find_train_config, resolve_checkpoint
 
         trained = find_train_config(resolve_checkpoint(args.checkpoint)) or {}
     except ImportError:

@@ -97,7 +97,7 @@ def parse_assignments(items: list[str], flag: str) -> dict:
 
 def resolve_config(args: argparse.Namespace):
     """The TrainConfig of the command line: file values, then flags on top."""
-    from interp.training.config import TrainConfig, coerce_numbers, load_config_file, normalize_keys
+    from ssmlens.interp.training.config import TrainConfig, coerce_numbers, load_config_file, normalize_keys
 
     values = normalize_keys(load_config_file(args.config)) if args.config else {}
     given = vars(args)
@@ -112,8 +112,8 @@ def resolve_config(args: argparse.Namespace):
 
 def check_names(config) -> None:
     """Unknown model or task names fail before anything is built, naming the valid ones."""
-    from interp.training.data import task_names
-    from models.registry import model_names
+    from ssmlens.interp.training.data import task_names
+    from ssmlens.models.registry import model_names
 
     if config.model not in model_names():
         raise ValueError(f"unknown model {config.model!r}; valid models: {', '.join(model_names())}")
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
             return 0
         check_names(config)
-        from interp.training import Trainer
+        from ssmlens.interp.training import Trainer
 
         trainer = Trainer(config)
     except (ValueError, FileExistsError, TypeError) as e:

@@ -2,7 +2,7 @@
 
 Writing::
 
-    from interp.store import create_run, open_run, list_runs
+    from ssmlens.interp.store import create_run, open_run, list_runs
 
     with create_run("runs/mamba-ar", config) as w:      # refuses to clobber a run
         w.write_batch(batch)                            # TaskBatch
@@ -25,10 +25,10 @@ Reading::
     run.table("probe_scores")                           # pandas.DataFrame
     list_runs("runs")                                   # [RunInfo(...), ...]
 
-The layout on disk is described in ``interp.store.layout``.
+The layout on disk is described in ``ssmlens.interp.store.layout``.
 """
 
-from interp.store.errors import (
+from ssmlens.interp.store.errors import (
     CorruptRunError,
     IncompleteRunError,
     MissingEntryError,
@@ -38,11 +38,11 @@ from interp.store.errors import (
     RunNotFoundError,
     StoreError,
 )
-from interp.store.lazy import CacheView, LazyArray
-from interp.store.listing import RunInfo, list_runs
-from interp.store.reader import Run
-from interp.store.run import create_run, open_run
-from interp.store.writer import RunWriter
+from ssmlens.interp.store.lazy import CacheView, LazyArray
+from ssmlens.interp.store.listing import RunInfo, list_runs
+from ssmlens.interp.store.reader import Run
+from ssmlens.interp.store.run import create_run, open_run
+from ssmlens.interp.store.writer import RunWriter
 
 __all__ = [
     "CacheView",

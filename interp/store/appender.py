@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 from zarr.core.array import AsyncArray
 
-from interp.store.chunked import Job, gather_all, stores_raw_bytes
-from interp.store.layout import NAME_ATTR, ROWS_ATTR
-from interp.store.nodes import save
+from ssmlens.interp.store.chunked import Job, gather_all, stores_raw_bytes
+from ssmlens.interp.store.layout import NAME_ATTR, ROWS_ATTR
+from ssmlens.interp.store.nodes import save
 
 
 class Appender:

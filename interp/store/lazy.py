@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import zarr
 
-from interp.store.encoding import to_numpy_readable, to_torch
-from interp.store.errors import CorruptRunError, MissingEntryError
-from interp.store.layout import NAME_ATTR, ROWS_ATTR, TORCH_DTYPE_ATTR, unescape_segment
+from ssmlens.interp.store.encoding import to_numpy_readable, to_torch
+from ssmlens.interp.store.errors import CorruptRunError, MissingEntryError
+from ssmlens.interp.store.layout import NAME_ATTR, ROWS_ATTR, TORCH_DTYPE_ATTR, unescape_segment
 
 
 def visible_shape(array: zarr.Array) -> tuple[int, ...]:

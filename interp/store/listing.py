@@ -15,9 +15,9 @@ from typing import Any
 
 import fsspec
 
-from interp.store import layout as L
-from interp.store.errors import RunNotFoundError
-from interp.store.location import UrlLike, normalize
+from ssmlens.interp.store import layout as L
+from ssmlens.interp.store.errors import RunNotFoundError
+from ssmlens.interp.store.location import UrlLike, normalize
 
 
 @dataclass

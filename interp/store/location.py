@@ -19,9 +19,9 @@ import fsspec
 import zarr
 from zarr.errors import ContainsArrayError, GroupNotFoundError, ZarrUserWarning
 
-from interp.store.errors import CorruptRunError, NotARunError, RunNotFoundError, StoreError
-from interp.store.layout import FORMAT_ATTR, FORMAT_VERSION
-from interp.store.localfs import ReservingLocalStore
+from ssmlens.interp.store.errors import CorruptRunError, NotARunError, RunNotFoundError, StoreError
+from ssmlens.interp.store.layout import FORMAT_ATTR, FORMAT_VERSION
+from ssmlens.interp.store.localfs import ReservingLocalStore
 
 UrlLike = str | os.PathLike
 

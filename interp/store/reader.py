@@ -3,7 +3,7 @@
 Metadata (config, metrics, completion) is read once at open; arrays are read when
 asked for. Results come back as ``xarray.DataArray`` (dims + coordinate labels),
 tables as ``pandas.DataFrame``, the batch as ``TaskBatch`` and the cache as a lazy
-mapping (``interp.store.lazy``).
+mapping (``ssmlens.interp.store.lazy``).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import torch
 import xarray as xr
 import zarr
 
-from interp.store import layout as L
-from interp.store.encoding import to_numpy_readable, to_torch
-from interp.store.errors import CorruptRunError, IncompleteRunError, MissingEntryError
-from interp.store.lazy import CacheView, natural_key
-from interp.store.tables import TABLE_KIND, decode_column, unflatten
-from interp.tasks.base import TaskBatch
+from ssmlens.interp.store import layout as L
+from ssmlens.interp.store.encoding import to_numpy_readable, to_torch
+from ssmlens.interp.store.errors import CorruptRunError, IncompleteRunError, MissingEntryError
+from ssmlens.interp.store.lazy import CacheView, natural_key
+from ssmlens.interp.store.tables import TABLE_KIND, decode_column, unflatten
+from ssmlens.interp.tasks.base import TaskBatch
 
 
 class Run:

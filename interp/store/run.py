@@ -11,16 +11,16 @@ from typing import Any
 
 import zarr
 
-from interp.store import layout as L
-from interp.store.encoding import CHUNK_BYTES, to_json
-from interp.store.errors import (
+from ssmlens.interp.store import layout as L
+from ssmlens.interp.store.encoding import CHUNK_BYTES, to_json
+from ssmlens.interp.store.errors import (
     CorruptRunError, IncompleteRunError, NotARunError, RunExistsError, RunNotFoundError,
 )
-from interp.store.location import (
+from ssmlens.interp.store.location import (
     UrlLike, check_marker, normalize, open_group, read_attrs, store_for_writing,
 )
-from interp.store.reader import Run
-from interp.store.writer import RunWriter, now
+from ssmlens.interp.store.reader import Run
+from ssmlens.interp.store.writer import RunWriter, now
 
 
 def create_run(

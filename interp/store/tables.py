@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from interp.store.encoding import to_json
+from ssmlens.interp.store.encoding import to_json
 
 TABLE_KIND = "table"
 

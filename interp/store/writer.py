@@ -28,18 +28,18 @@ import zarr
 from zarr.core.array import AsyncArray
 from zarr.core.sync import sync  # zarr's bridge to its event loop (what zarr.Array uses)
 
-from interp.hook_names import dims_for
-from interp.store import layout as L
-from interp.store.appender import Appender, commit, grow
-from interp.store.chunked import Job, gather_all, in_flight, write_jobs
-from interp.store.encoding import (
+from ssmlens.interp.hook_names import dims_for
+from ssmlens.interp.store import layout as L
+from ssmlens.interp.store.appender import Appender, commit, grow
+from ssmlens.interp.store.chunked import Job, gather_all, in_flight, write_jobs
+from ssmlens.interp.store.encoding import (
     CHUNK_BYTES, STREAM_CHUNK_BYTES, choose_chunks, compressors_for, is_bit_stored, stream_chunks,
     to_json, to_numpy,
 )
-from interp.store.errors import RunClosedError
-from interp.store.nodes import dtype_for_zarr, new_array, save, save_group
-from interp.store.tables import encode_column, flatten
-from interp.tasks.base import TaskBatch
+from ssmlens.interp.store.errors import RunClosedError
+from ssmlens.interp.store.nodes import dtype_for_zarr, new_array, save, save_group
+from ssmlens.interp.store.tables import encode_column, flatten
+from ssmlens.interp.tasks.base import TaskBatch
 
 
 def now() -> str:

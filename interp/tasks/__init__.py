@@ -5,15 +5,15 @@ counterfactual batch for patching. Each task module documents its vocabulary and
 roles.
 """
 
-from interp.tasks.ar import ARConfig, ARTask
-from interp.tasks.atr import ATRConfig, ATRTask
-from interp.tasks.base import STANDARD_ROLES, TaskBatch
-from interp.tasks.corrupt import corrupt
-from interp.tasks.induction import InductionConfig, InductionTask
-from interp.tasks.mqar import MQARConfig, MQARTask, power_law_probs
-from interp.tasks.registry import TASKS, make_task, task_from_batch
-from interp.tasks.selective_copy import SelectiveCopyConfig, SelectiveCopyTask
-from interp.tasks.task import Task
+from ssmlens.interp.tasks.ar import ARConfig, ARTask
+from ssmlens.interp.tasks.atr import ATRConfig, ATRTask
+from ssmlens.interp.tasks.base import STANDARD_ROLES, TaskBatch
+from ssmlens.interp.tasks.corrupt import corrupt
+from ssmlens.interp.tasks.induction import InductionConfig, InductionTask
+from ssmlens.interp.tasks.mqar import MQARConfig, MQARTask, power_law_probs
+from ssmlens.interp.tasks.registry import TASKS, make_task, task_from_batch
+from ssmlens.interp.tasks.selective_copy import SelectiveCopyConfig, SelectiveCopyTask
+from ssmlens.interp.tasks.task import Task
 
 __all__ = [
     "ARConfig",

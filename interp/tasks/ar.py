@@ -37,9 +37,9 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from interp.tasks import positions
-from interp.tasks.sampling import randint, sample_distinct
-from interp.tasks.task import Task, require
+from ssmlens.interp.tasks import positions
+from ssmlens.interp.tasks.sampling import randint, sample_distinct
+from ssmlens.interp.tasks.task import Task, require
 
 PAD, BOS, EOS = 0, 1, 2
 _FIRST_KEY = 3

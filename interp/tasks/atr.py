@@ -63,9 +63,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from interp.tasks import positions
-from interp.tasks.sampling import randint, sample_distinct
-from interp.tasks.task import Task, require
+from ssmlens.interp.tasks import positions
+from ssmlens.interp.tasks.sampling import randint, sample_distinct
+from ssmlens.interp.tasks.task import Task, require
 
 PAD, BOS, EOS, OPEN, CLOSE = 0, 1, 2, 3, 4
 _FIRST_KEY = 5

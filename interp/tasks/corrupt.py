@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from interp.tasks.base import TaskBatch
-from interp.tasks.registry import task_from_batch
-from interp.tasks.sampling import make_generator, sample_excluding
+from ssmlens.interp.tasks.base import TaskBatch
+from ssmlens.interp.tasks.registry import task_from_batch
+from ssmlens.interp.tasks.sampling import make_generator, sample_excluding
 
 _ROLE = {"key": "queried_key", "value": "queried_value"}
 

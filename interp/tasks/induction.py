@@ -36,9 +36,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from interp.tasks import positions
-from interp.tasks.sampling import randint
-from interp.tasks.task import Task, require
+from ssmlens.interp.tasks import positions
+from ssmlens.interp.tasks.sampling import randint
+from ssmlens.interp.tasks.task import Task, require
 
 
 @dataclass(frozen=True)

@@ -50,9 +50,9 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from interp.tasks import positions
-from interp.tasks.sampling import randint, sample_distinct
-from interp.tasks.task import Task, require
+from ssmlens.interp.tasks import positions
+from ssmlens.interp.tasks.sampling import randint, sample_distinct
+from ssmlens.interp.tasks.task import Task, require
 
 NOISE = 0
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from interp.tasks.ar import ARTask
-from interp.tasks.atr import ATRTask
-from interp.tasks.base import TaskBatch
-from interp.tasks.induction import InductionTask
-from interp.tasks.mqar import MQARTask
-from interp.tasks.selective_copy import SelectiveCopyTask
-from interp.tasks.task import Task
+from ssmlens.interp.tasks.ar import ARTask
+from ssmlens.interp.tasks.atr import ATRTask
+from ssmlens.interp.tasks.base import TaskBatch
+from ssmlens.interp.tasks.induction import InductionTask
+from ssmlens.interp.tasks.mqar import MQARTask
+from ssmlens.interp.tasks.selective_copy import SelectiveCopyTask
+from ssmlens.interp.tasks.task import Task
 
 TASKS: dict[str, type[Task]] = {
     "ar": ARTask,

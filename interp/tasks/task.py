@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from interp.tasks.base import TaskBatch
-from interp.tasks.sampling import make_generator
+from ssmlens.interp.tasks.base import TaskBatch
+from ssmlens.interp.tasks.sampling import make_generator
 
 
 def check_fields(task: str, config_cls: type, kwargs: dict[str, Any]) -> None:

@@ -5,12 +5,12 @@ loop, ``checkpointing`` for the run-directory layout and ``evaluate`` for answer
 accuracy.
 """
 
-from interp.training.checkpointing import RunDir, find_train_config, resolve_checkpoint
-from interp.training.config import ConfigError, TrainConfig, load_config
-from interp.training.data import TaskData, build_task, eval_seed, task_names, train_seed
-from interp.training.evaluate import answer_hits, answer_losses, evaluate, evaluate_tasks
-from interp.training.loop import RunConfigMismatch, Trainer, TrainResult
-from interp.training.schedule import lr_at
+from ssmlens.interp.training.checkpointing import RunDir, find_train_config, resolve_checkpoint
+from ssmlens.interp.training.config import ConfigError, TrainConfig, load_config
+from ssmlens.interp.training.data import TaskData, build_task, eval_seed, task_names, train_seed
+from ssmlens.interp.training.evaluate import answer_hits, answer_losses, evaluate, evaluate_tasks
+from ssmlens.interp.training.loop import RunConfigMismatch, Trainer, TrainResult
+from ssmlens.interp.training.schedule import lr_at
 
 __all__ = [
     "ConfigError",

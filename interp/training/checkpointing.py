@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, save_model
+from ssmlens.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, save_model
 
 TRAIN_CONFIG = "train_config.json"
 TRAINER_STATE = "trainer_state.pt"

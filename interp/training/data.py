@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from interp.tasks.base import TaskBatch
+from ssmlens.interp.tasks.base import TaskBatch
 
 
 def derive_seed(*parts: Any) -> int:
@@ -31,14 +31,14 @@ def eval_seed(seed: int) -> int:
 
 
 def task_names() -> list[str]:
-    from interp.tasks import TASKS
+    from ssmlens.interp.tasks import TASKS
 
     return sorted(TASKS)
 
 
 def build_task(name: str, task_config: dict[str, Any] | None = None):
     """The task ``name`` with ``task_config`` overrides; errors name the valid choices."""
-    from interp.tasks import TASKS, make_task
+    from ssmlens.interp.tasks import TASKS, make_task
 
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")

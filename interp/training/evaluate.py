@@ -1,6 +1,6 @@
 """Answer accuracy: at every supervised position the argmax prediction must be the next token.
 
-``loss_mask[:, t]`` (DESIGN §5, ``interp.tasks.base``) marks the positions whose
+``loss_mask[:, t]`` (DESIGN §5, ``ssmlens.interp.tasks.base``) marks the positions whose
 prediction of ``tokens[:, t + 1]`` is scored, so the same code measures AR (one
 answer per example), MQAR (many) and the other tasks.
 """
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from interp.tasks.base import TaskBatch
+from ssmlens.interp.tasks.base import TaskBatch
 
 
 def _targets_and_mask(tokens: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:

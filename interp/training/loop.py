@@ -18,13 +18,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from interp.training.checkpointing import RunDir
-from interp.training.config import TrainConfig
-from interp.training.data import TaskData, build_task, derive_seed
-from interp.training.evaluate import answer_hits, evaluate
-from interp.training.optim import auxiliary_losses, build_model_seeded, make_optimizer, resolve_device
-from interp.training.schedule import lr_at, set_lr
-from models.checkpoint import WEIGHTS_FILE, load_state_checked
+from ssmlens.interp.training.checkpointing import RunDir
+from ssmlens.interp.training.config import TrainConfig
+from ssmlens.interp.training.data import TaskData, build_task, derive_seed
+from ssmlens.interp.training.evaluate import answer_hits, evaluate
+from ssmlens.interp.training.optim import auxiliary_losses, build_model_seeded, make_optimizer, resolve_device
+from ssmlens.interp.training.schedule import lr_at, set_lr
+from ssmlens.models.checkpoint import WEIGHTS_FILE, load_state_checked
 
 
 class RunConfigMismatch(ValueError):

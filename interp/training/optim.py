@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.registry import build_model
+from ssmlens.models.registry import build_model
 
 # Parameters that are not weights in the usual sense and must not shrink towards 0:
 # Mamba's A_log and D (mamba_ssm marks them ``_no_weight_decay``), norms and biases.
