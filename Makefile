@@ -1,18 +1,22 @@
 # Two commands for a user: `make demo` and `make test`. Both create .venv and
 # install torch==2.13.0 first (the CPU wheel on this machine; any other spelling
-# pulls CUDA wheels), then the project with its dev extras.
+# pulls CUDA wheels), then the project with its dev extras, every package at the
+# known-good version in constraints.txt (pyproject.toml keeps ranges).
+# `make check-newest` installs the newest releases instead, in a second venv, and runs
+# the smoke subset (.ci/run does both).
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
+NEWEST := .venv-newest
 
-.PHONY: demo test install browser clean
+.PHONY: demo test install browser versions check-newest constraints clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -c constraints.txt --upgrade pip
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -20,8 +24,35 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/ssmlens demo
 
-test: $(STAMP) browser
-	$(PY) -m pytest -q
+# The pytest entry point (never `python -m pytest`, which would put the repo root on
+# sys.path: its kernels/ folder would shadow Hugging Face's `kernels`).
+test: $(STAMP) browser versions
+	$(VENV)/bin/pytest -q
+
+versions: $(STAMP)
+	@echo "versions used: Python $$($(PY) -c 'import sys; print(sys.version.split()[0])');" \
+	  "$$($(PIP) list --format=freeze --exclude-editable 2>/dev/null | tr '\n' ' ')"
+
+# The newest release of every dependency (no constraints; torch stays the 2.13.0 CPU
+# wheel: any newer torch is a multi-GB CUDA download here), the project installed as a
+# wheel, and the smoke subset (`pytest -m smoke`: every import, a forward of each model,
+# a store round trip, each CLI --help, the notebook). Names what moved since constraints.txt.
+check-newest:
+	rm -rf $(NEWEST)
+	python3 -m venv $(NEWEST)
+	$(NEWEST)/bin/python -m pip install -q --upgrade pip
+	$(NEWEST)/bin/python -m pip install -q torch==2.13.0
+	$(NEWEST)/bin/python -m pip install -q '.[dev]'
+	@$(NEWEST)/bin/python -m pip list --format=freeze 2>/dev/null | sed 's/+cpu$$//' \
+	  | grep -vxF -f constraints.txt | grep -v '^ssmlens==' | tr '\n' ' ' \
+	  | sed 's/^/newest releases that differ from constraints.txt: /'; echo
+	$(NEWEST)/bin/pytest -q -m smoke -p no:cacheprovider
+
+# Rewrite constraints.txt from what .venv holds now (after a green check-newest and an
+# upgrade of .venv, or after adding a dependency).
+constraints: $(STAMP)
+	@{ head -3 constraints.txt; $(PIP) freeze --all --exclude-editable 2>/dev/null | grep -v '^#' \
+	  | sed 's/+cpu$$//' | sort -f; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 # The dashboard's browser tests drive Debian's headless Chromium; install it when
 # missing (needs root, as on the CI machine). Without it those tests are skipped.
@@ -33,4 +64,4 @@ browser:
 	else echo "chromium/chromedriver missing and not root: browser tests will be skipped"; fi
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(NEWEST) runs .pytest_cache build
