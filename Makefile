@@ -43,9 +43,11 @@ check-newest:
 	$(NEWEST)/bin/python -m pip install -q --upgrade pip
 	$(NEWEST)/bin/python -m pip install -q torch==2.13.0
 	$(NEWEST)/bin/python -m pip install -q '.[dev]'
-	@$(NEWEST)/bin/python -m pip list --format=freeze 2>/dev/null | sed 's/+cpu$$//' \
-	  | grep -vxF -f constraints.txt | grep -v '^ssmlens==' | tr '\n' ' ' \
-	  | sed 's/^/newest releases that differ from constraints.txt: /'; echo
+	@$(NEWEST)/bin/python -m pip list --format=freeze 2>/dev/null | sed 's/+cpu$$//' | grep -v '^ssmlens==' \
+	  > $(NEWEST)/versions.txt
+	@echo "versions used (newest): $$(tr '\n' ' ' < $(NEWEST)/versions.txt)"
+	@moved=$$(grep -vxF -f constraints.txt $(NEWEST)/versions.txt | tr '\n' ' '); \
+	  echo "newest releases that differ from constraints.txt: $${moved:-none}"
 	$(NEWEST)/bin/pytest -q -m smoke -p no:cacheprovider
 
 # Rewrite constraints.txt from what .venv holds now (after a green check-newest and an
