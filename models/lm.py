@@ -21,6 +21,45 @@ from ssmlens.interp.hooks import HookedModel, HookPoint
 from ssmlens.models.norm import make_norm
 
 
+class _Held:
+    """The value behind a ``ForwardLoss`` attribute. Copies (``copy.deepcopy``, pickle)
+    start empty: the tensor belongs to the original's last forward and its autograd
+    graph, which torch cannot copy, and a copy has not run that forward."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Tensor | None = None):
+        self.value = value
+
+    def __deepcopy__(self, memo) -> "_Held":
+        return _Held()
+
+    def __reduce__(self):
+        return (_Held, ())
+
+
+class ForwardLoss:
+    """A module attribute holding a loss of the module's last forward (MoE balance,
+    B'MOJO innovation), which ``auxiliary_losses()`` collects for the trainer.
+
+    Declared on the class (``balance_loss = ForwardLoss()``), set and read as a plain
+    attribute. A deep copy of the module gets None there instead of failing: a loss
+    with a graph is not a leaf tensor, and ``copy.deepcopy`` refuses those.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_{name}_held"
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        held = obj.__dict__.get(self.slot)
+        return None if held is None else held.value
+
+    def __set__(self, obj: Any, value: Tensor | None) -> None:
+        obj.__dict__[self.slot] = _Held(value)
+
+
 class LanguageModel(HookedModel):
     model_type: ClassVar[str] = ""
     config_class: ClassVar[type] = object
