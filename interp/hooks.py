@@ -11,7 +11,8 @@
 ``HookedModel`` is ``transformer_lens.HookedRootModule`` whose name-taking methods
 (``run_with_hooks``, ``run_with_cache``, ``hooks``, ``add_hook``) first check every
 name and raise ``UnknownHookError`` with the closest valid names, and whose
-``run_with_cache`` returns a TransformerLens ``ActivationCache``.
+``run_with_cache`` returns a TransformerLens ``ActivationCache`` that knows our models
+(``ssmlens.interp.activation_cache``).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Any
 
 import torch.nn.modules.module as _module_hooks
 from torch import Tensor
-from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.hook_points import HookPoint as _TLHookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
+from ssmlens.interp.activation_cache import ActivationCache
 from ssmlens.interp.hook_names import check_hook_names
 
 _NNSIGHT_STATE = "__nnsight__"  # where nnsight keeps its per-module controller state
