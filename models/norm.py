@@ -10,7 +10,7 @@ Each norm module carries two hook points, named and shaped as in TransformerLens
 
 So ``blocks.{l}.norm.hook_scale`` (Mamba, MoE-Mamba), ``blocks.{l}.ln1.hook_scale``
 (Transformer, B'MOJO) and ``ln_final.hook_scale`` exist on every model
-(``ssmlens.interp.hook_names.TL_NORM_ALIASES`` maps TransformerLens' names to ours).
+(``ssmlens.interp.hook_names.TL_NORMS`` maps TransformerLens' names to ours).
 
 Nothing listening (the common case) runs today's fused arithmetic with no hook
 overhead. When a hook listens, the explicit formula runs with the hooks in it, so
