@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 # Suffix of a hook name -> the names of its axes (batch first, then position).
 HOOK_DIMS: dict[str, tuple[str, ...]] = {
@@ -47,6 +47,16 @@ HOOK_DIMS: dict[str, tuple[str, ...]] = {
     "moe.hook_expert": ("batch", "pos"),
     "moe.hook_expert_out": ("batch", "pos", "d_model"),
     "moe.hook_drop": ("batch", "pos"),
+    # norms (models/norm.py): hook_scale is the divisor, [batch, pos, 1] as in TransformerLens
+    "norm.hook_scale": ("batch", "pos", "one"),
+    "norm.hook_normalized": ("batch", "pos", "d_model"),
+    "moe_norm.hook_scale": ("batch", "pos", "one"),
+    "moe_norm.hook_normalized": ("batch", "pos", "d_model"),
+    "ln1.hook_scale": ("batch", "pos", "one"),
+    "ln1.hook_normalized": ("batch", "pos", "d_model"),
+    "ln2.hook_scale": ("batch", "pos", "one"),
+    "ln2.hook_normalized": ("batch", "pos", "d_model"),
+    "ln_final.hook_scale": ("batch", "pos", "one"),
 }
 
 # Hooks whose values are costly: computed only when something listens to them.
@@ -110,3 +120,39 @@ def check_hook_names(names: Iterable[str], valid: Iterable[str]) -> None:
             f"unknown hook name {name!r}.{hint} (model has {len(valid)} hook points; "
             "see model.hook_dict for all of them)"
         )
+
+
+# TransformerLens' names -> ours. TransformerLens calls a block's norms ``ln1`` (before
+# its first sublayer) and ``ln2`` (before its second); ours are named by what they feed:
+#
+#   TransformerLens                    Mamba, MoE-Mamba                    Transformer, B'MOJO
+#   blocks.{l}.ln1.hook_scale          blocks.{l}.norm.hook_scale          blocks.{l}.ln1.hook_scale
+#   blocks.{l}.ln1.hook_normalized     blocks.{l}.norm.hook_normalized     blocks.{l}.ln1.hook_normalized
+#   blocks.{l}.ln2.hook_scale          blocks.{l}.moe_norm.hook_scale      blocks.{l}.ln2.hook_scale
+#   ln_final.hook_scale                ln_final.hook_scale                 ln_final.hook_scale
+#
+# (``ln{i}`` is the i-th norm module of the block, in the order the block applies them.)
+# TransformerLens' shorthand ``cache["ssm_state", 0]`` means ``blocks.0.hook_ssm_state``;
+# ours live one level down, so the lookup also tries each sublayer of TL_SUBLAYERS:
+# ``blocks.0.mixer.hook_ssm_state``, ``cache["write", 1]`` -> ``blocks.1.memory.hook_write``.
+TL_NORMS = ("ln1", "ln2")
+TL_SUBLAYERS = ("mixer", "memory", "moe", "attn", "mlp")
+
+_TL_NORM_RE = re.compile(r"^blocks\.(\d+)\.ln([12])\.(hook_\w+)$")
+_BLOCK_HOOK_RE = re.compile(r"^blocks\.(\d+)\.(hook_\w+)$")
+
+
+def tl_name_candidates(name: str, block_norms: Callable[[int], Sequence[str]]) -> list[str]:
+    """Our names that a TransformerLens name may denote (the caller keeps those that
+    exist): ``blocks.{l}.ln{i}.X`` -> the i-th norm of block l (``block_norms(l)``
+    lists a block's norm module names in order); ``blocks.{l}.hook_X`` ->
+    ``blocks.{l}.<sublayer>.hook_X`` for each of TL_SUBLAYERS; else none."""
+    m = _TL_NORM_RE.match(name)
+    if m:
+        layer, i, hook = int(m.group(1)), int(m.group(2)) - 1, m.group(3)
+        norms = list(block_norms(layer))
+        return [f"blocks.{layer}.{norms[i]}.{hook}"] if i < len(norms) else []
+    m = _BLOCK_HOOK_RE.match(name)
+    if m:
+        return [f"blocks.{m.group(1)}.{sub}.{m.group(2)}" for sub in TL_SUBLAYERS]
+    return []

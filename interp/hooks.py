@@ -2,8 +2,8 @@
 
 ``HookPoint`` is TransformerLens' identity module with three additions:
 - ``listened``: whether anything will read the value (a TransformerLens hook, or a
-  running nnsight trace), so models compute costly values (states, patterns) only
-  then;
+  running nnsight trace that reads, edits or caches this very hook point), so models
+  compute costly values (states, patterns) only then;
 - a shape check: a hook (or nnsight assignment) that returns a tensor of another
   shape raises ``HookShapeError`` naming the hook;
 - it is an ``nn.Module``, so ``NNsight(model)`` sees it and ``.output`` reads/sets it.
@@ -11,7 +11,8 @@
 ``HookedModel`` is ``transformer_lens.HookedRootModule`` whose name-taking methods
 (``run_with_hooks``, ``run_with_cache``, ``hooks``, ``add_hook``) first check every
 name and raise ``UnknownHookError`` with the closest valid names, and whose
-``run_with_cache`` returns a TransformerLens ``ActivationCache``.
+``run_with_cache`` returns a TransformerLens ``ActivationCache`` that knows our models
+(``ssmlens.interp.activation_cache``).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Any
 
 import torch.nn.modules.module as _module_hooks
 from torch import Tensor
-from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.hook_points import HookPoint as _TLHookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
+from ssmlens.interp.activation_cache import ActivationCache
 from ssmlens.interp.hook_names import check_hook_names
 
 _NNSIGHT_STATE = "__nnsight__"  # where nnsight keeps its per-module controller state
@@ -50,16 +51,12 @@ class HookPoint(_TLHookPoint):
 
     @property
     def listened(self) -> bool:
-        """True if a forward hook is attached or an nnsight trace is running over us."""
+        """True if a forward hook is attached, or a running nnsight trace reads, writes,
+        skips or caches this hook point (``_nnsight_wants``)."""
         if self._forward_hooks or self._backward_hooks:
             return True
         state = self.__dict__.get(_NNSIGHT_STATE)
-        if state is not None:
-            try:
-                return state.active()[0] is not None
-            except Exception:  # an nnsight internal we do not know: be safe, compute
-                return True
-        return False
+        return state is not None and _nnsight_wants(state)
 
     def __call__(self, x: Tensor) -> Tensor:
         if self._untouched():  # the common case, on every forward: skip nn.Module's dispatch
@@ -74,6 +71,27 @@ class HookPoint(_TLHookPoint):
                 f"hook {self.name!r} returned shape {tuple(out.shape)}, expected {tuple(x.shape)}"
             )
         return out
+
+
+def _nnsight_wants(state: Any) -> bool:
+    """Whether the nnsight trace running over a module will touch its value.
+
+    nnsight 0.8 instruments every module of a wrapped model and, while a trace runs,
+    hands each one's ``{path}.input`` / ``.skip`` / ``.output`` to its interleaver. A
+    trace's intervention code runs in step with the forward: it is parked on the next
+    location it needs (``interleaver.parked``), and caches subscribe to locations
+    (``interleaver.observers``). Everything it asked for before lies earlier in the
+    forward, so when a model asks ``listened`` (just before computing the value) the
+    value is wanted exactly when one of its locations is parked on or observed.
+    """
+    try:
+        interleaver, _, locations = state.active()
+        if interleaver is None:
+            return False
+        parked, observers = interleaver.parked, interleaver.observers
+        return any(loc in parked or loc in observers for loc in locations)
+    except Exception:  # an nnsight internal we do not know: be safe, compute the value
+        return True
 
 
 def _hook_names(hook_list: Sequence[tuple[Any, Callable]] | None) -> list[str]:

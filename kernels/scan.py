@@ -53,8 +53,12 @@ def _check(cond: bool, msg: str) -> None:
 
 
 def _positions(name: str, pos, L: int, device) -> Tensor:
-    """Positions (list, range or 1-D int tensor) -> int64 tensor, validated in [-L, L)."""
+    """Positions (list, range or 1-D int tensor; possibly empty) -> int64 tensor, validated in
+    [-L, L); bool masks are refused."""
     t = torch.as_tensor(pos if not isinstance(pos, range) else list(pos), device="cpu")
+    # A bool mask would otherwise be read as the indices 0 and 1.
+    _check(t.dtype != torch.bool, f"{name} must be integer positions, got a bool tensor (a mask? "
+                                  "pass mask.nonzero().flatten())")
     _check(t.ndim == 1, f"{name} must be 1-D, got shape {_shape(t)}")
     _check(t.numel() == 0 or not t.is_floating_point(), f"{name} must be integers, got {t.dtype}")
     t = t.long()

@@ -108,6 +108,8 @@ def selective_scan_torch(
         y = y * F.silu(z.to(f32))
     final = rearrange(h, "b g r n -> b (g r) n")
     states = None
-    if want is not None:
+    if want == []:  # no positions asked for: an empty [b, 0, d, n], as the other backends give
+        states = h.new_zeros(b, 0, d, n)
+    elif want is not None:
         states = rearrange(torch.stack([kept[p] for p in want], dim=1), "b p g r n -> b p (g r) n")
     return y, final, states

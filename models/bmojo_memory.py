@@ -21,6 +21,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from ssmlens.interp.hooks import HookPoint
+from ssmlens.models.lm import ForwardLoss
 from ssmlens.models.resume import Resume
 
 
@@ -94,6 +95,8 @@ class EideticMemory(nn.Module):
     trained through ``innovation_loss`` = mean e_t with u and f detached: it only
     moves W_p and never pushes the rest of the block towards being predictable.
     """
+
+    innovation_loss = ForwardLoss()  # mean e_t of the last forward; None in a fresh copy
 
     def __init__(self, d_model: int, threshold: float, eps: float):
         super().__init__()

@@ -14,11 +14,51 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from ssmlens.interp.hooks import HookedModel, HookPoint
 from ssmlens.models.norm import make_norm
+
+
+class _Held:
+    """The value behind a ``ForwardLoss`` attribute. Copies (``copy.deepcopy``, pickle)
+    start empty: the tensor belongs to the original's last forward and its autograd
+    graph, which torch cannot copy, and a copy has not run that forward."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Tensor | None = None):
+        self.value = value
+
+    def __deepcopy__(self, memo) -> "_Held":
+        return _Held()
+
+    def __reduce__(self):
+        return (_Held, ())
+
+
+class ForwardLoss:
+    """A module attribute holding a loss of the module's last forward (MoE balance,
+    B'MOJO innovation), which ``auxiliary_losses()`` collects for the trainer.
+
+    Declared on the class (``balance_loss = ForwardLoss()``), set and read as a plain
+    attribute. A deep copy of the module gets None there instead of failing: a loss
+    with a graph is not a leaf tensor, and ``copy.deepcopy`` refuses those.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_{name}_held"
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        held = obj.__dict__.get(self.slot)
+        return None if held is None else held.value
+
+    def __set__(self, obj: Any, value: Tensor | None) -> None:
+        obj.__dict__[self.slot] = _Held(value)
 
 
 class LanguageModel(HookedModel):
@@ -62,6 +102,30 @@ class LanguageModel(HookedModel):
     def unembed_normed(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
         """Logits of final-normed residuals (tied or untied unembedding)."""
         return x @ self.embed.weight.T if self.unembed is None else self.unembed(x)
+
+    # -- TransformerLens' names for the unembedding (ActivationCache helpers use them) --
+    @property
+    def W_U(self) -> Float[Tensor, "d_model vocab"]:
+        """The unembedding matrix: logits = ln_final(resid) @ W_U (+ b_U, which is 0)."""
+        return (self.embed.weight if self.unembed is None else self.unembed.weight).T
+
+    @property
+    def b_U(self) -> Float[Tensor, " vocab"]:
+        """The unembedding bias: zeros (no model here has one)."""
+        return self.W_U.new_zeros(self.cfg.vocab_size)
+
+    def tokens_to_residual_directions(self, tokens: int | Tensor) -> Tensor:
+        """Columns of ``W_U`` for token ids: ``[d_model]`` for one id, ``[*tokens.shape,
+        d_model]`` for a tensor (TransformerLens' convention; our norm weights are not
+        folded into W_U, ``ActivationCache.apply_ln_to_stack`` applies them instead)."""
+        if isinstance(tokens, str):
+            return self.W_U[:, self.to_single_token(tokens)]
+        if isinstance(tokens, Tensor) and tokens.numel() > 1:
+            return rearrange(self.W_U[:, tokens.long()], "d_model ... -> ... d_model")
+        return self.W_U[:, int(tokens)]
+
+    def to_single_token(self, string: str) -> int:
+        raise NotImplementedError(f"{type(self).__name__} has no tokenizer: give token ids, not {string!r}")
 
     def forward(
         self,

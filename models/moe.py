@@ -2,15 +2,25 @@
 
 x ``[b, L, d_model]`` -> router logits ``[b, L, E]`` (``hook_router_logits``) ->
 p = softmax -> top-1 expert ``[b, L]`` (``hook_expert``, int64; −1 = no expert) ->
-capacity: per sequence, expert i keeps its first C = ceil(capacity_factor · L / E)
-tokens in position order, the rest are dropped (``hook_drop``, float 1 = the token
-only passes through the residual: over capacity or routed to no expert) ->
+capacity, first come first served: expert i takes the token at position t when it
+has taken fewer than C_t = ceil(capacity_factor · (t + 1) / E) tokens of the
+sequence so far, else the token is dropped (``hook_drop``, float 1 = the token only
+passes through the residual: over capacity or routed to no expert) ->
 out_t = p_{i_t}(x_t) · FFN_{i_t}(x_t) for kept tokens, 0 for dropped ones
 (``hook_expert_out``).
 
-Capacity is counted per sequence (not over the flattened batch as in Switch's TPU
-implementation) so that a token's fate depends only on earlier tokens of its own
-sequence: the layer stays causal and batch-independent.
+The budget C_t grows with the position, not with the sequence length L: Switch's
+ceil(capacity_factor · L / E) per sequence is the budget of the whole sequence
+(C_{L−1}), but made per prefix, so a token's fate depends only on earlier tokens of
+its own sequence. The layer is causal, batch-independent and prefix-consistent
+(logits of ``tokens[:, :k]`` are the first k logits of ``tokens``), also under
+patching and ablation. Capacity is counted per sequence (not over the flattened
+batch as in Switch's TPU implementation) for the same reason.
+
+With n_t(i) the tokens expert i kept up to t and R_t(i) those routed to it,
+n_t = min(n_{t−1} + [i_t = i], C_t), whose closed form
+n_t = R_t + min(0, min_{s≤t}(C_s − R_s)) is a cumsum and a cummin
+(``dispatch_mask``; ``dispatch_mask_reference`` is the loop it must equal).
 
 Ablating expert e (its tokens go to the residual) is one hook::
 
@@ -27,10 +37,11 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from ssmlens.interp.hooks import HookPoint
+from ssmlens.models.lm import ForwardLoss
 from ssmlens.models.resume import Resume
 
 
@@ -51,19 +62,46 @@ def ablate_expert(e: int):
 
 
 def capacity(capacity_factor: float, L: int, n_experts: int) -> int:
-    """Tokens per expert and sequence: ceil(capacity_factor · L / E)."""
+    """Tokens an expert may take among the first L positions: ceil(capacity_factor · L / E)."""
     return math.ceil(capacity_factor * L / n_experts)
 
 
-def dispatch_mask(expert: Int[Tensor, "batch pos"], n_experts: int, cap: int) -> Tensor:
-    """True where the token is kept: routed to an expert and among its first ``cap``
-    tokens of the sequence."""
-    onehot = F.one_hot(expert.clamp(min=0), n_experts) * (expert >= 0)[..., None]  # b L E
-    slot = (onehot.cumsum(1) * onehot).sum(-1) - 1  # 0-based rank within its expert; −1 if none
-    return (expert >= 0) & (slot < cap)
+def budget(capacity_factor: float, L: int, n_experts: int, device=None) -> Int[Tensor, " pos"]:
+    """C_t = ``capacity(capacity_factor, t + 1, n_experts)`` for t = 0 … L − 1 (int64)."""
+    t = torch.arange(1, L + 1, dtype=torch.float64, device=device)
+    return torch.ceil(t * capacity_factor / n_experts).long()
+
+
+def dispatch_mask(expert: Int[Tensor, "batch pos"], n_experts: int, capacity_factor: float
+                  ) -> Bool[Tensor, "batch pos"]:
+    """True where the token is kept: routed to an expert that has taken fewer than C_t
+    tokens before it (first come, first served; C_t from ``budget``)."""
+    routed = F.one_hot(expert.clamp(min=0), n_experts) * (expert >= 0)[..., None]  # b L E
+    R = routed.cumsum(1)  # routed to expert i up to t
+    C = budget(capacity_factor, expert.shape[1], n_experts, expert.device)[None, :, None]
+    kept_count = R + (C - R).cummin(1).values.clamp(max=0)  # n_t = R_t + min(0, min_{s≤t}(C_s − R_s))
+    taken = kept_count.diff(dim=1, prepend=torch.zeros_like(kept_count[:, :1]))  # 1 where expert i took t
+    return (expert >= 0) & (taken * routed).sum(-1).bool()
+
+
+def dispatch_mask_reference(expert: Tensor, n_experts: int, capacity_factor: float) -> Tensor:
+    """Loop version of ``dispatch_mask``: walk the positions, keep a token while its
+    expert's count is below C_t."""
+    b, L = expert.shape
+    kept = torch.zeros(b, L, dtype=torch.bool)
+    for row in range(b):
+        counts = [0] * n_experts
+        for t in range(L):
+            i = int(expert[row, t])
+            if i >= 0 and counts[i] < capacity(capacity_factor, t + 1, n_experts):
+                kept[row, t] = True
+                counts[i] += 1
+    return kept
 
 
 class SwitchMoE(nn.Module):
+    balance_loss = ForwardLoss()  # α·E·Σ fᵢ·Pᵢ of the last forward; None in a fresh copy
+
     def __init__(self, d_model: int, d_ff: int, n_experts: int, capacity_factor: float = 1.25,
                  alpha: float = 0.01, bias: bool = True):
         super().__init__()
@@ -92,7 +130,7 @@ class SwitchMoE(nn.Module):
         """Switch layer output (0 at dropped tokens); add it to the residual.
 
         With ``resume`` (``ssmlens.models.resume``), x holds each row's window; capacity is
-        that of the whole sequence, counted with the cached experts before the window."""
+        counted with the cached experts before the window."""
         b, L, d = x.shape
         logits = self.hook_router_logits(self.router(x))
         probs = logits.float().softmax(-1)
@@ -101,11 +139,10 @@ class SwitchMoE(nn.Module):
             raise ValueError(f"hook_expert must hold int64 experts in [-1, {self.n_experts}), got {expert.dtype}")
         self.balance_loss = load_balancing_loss(probs, expert, self.alpha)
         if resume is None:
-            kept = dispatch_mask(expert, self.n_experts, capacity(self.capacity_factor, L, self.n_experts))
+            kept = dispatch_mask(expert, self.n_experts, self.capacity_factor)
         else:
             every = resume.scatter(resume.full("hook_expert"), expert)
-            cap = capacity(self.capacity_factor, resume.seq_len, self.n_experts)
-            kept = resume.gather(dispatch_mask(every, self.n_experts, cap))
+            kept = resume.gather(dispatch_mask(every, self.n_experts, self.capacity_factor))
         kept = self.hook_drop((~kept).to(x.dtype)) < 0.5
         gate = probs.gather(-1, expert.clamp(min=0)[..., None])[..., 0]  # b L
         flat_x, flat_e, flat_k = x.reshape(-1, d), expert.reshape(-1), kept.reshape(-1)

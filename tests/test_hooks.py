@@ -25,7 +25,7 @@ def _models():
 
 MODELS = _models()
 SIZES = {"batch": B, "pos": P, "key_pos": P, "query_pos": P, "d_model": 32, "d_inner": 64,
-         "d_state": 8, "head": 4, "d_head": 8, "d_mlp": 128}
+         "d_state": 8, "head": 4, "d_head": 8, "d_mlp": 128, "one": 1}
 
 EXPECTED = {
     "mamba": ["hook_embed"] + [f"blocks.{l}.{s}" for l in range(2) for s in (
@@ -41,6 +41,12 @@ EXPECTED["bmojo"] = [n for n in EXPECTED["mamba"] + EXPECTED["transformer"] if n
     f"blocks.{l}.memory.hook_{s}" for l in range(2) for s in ("innovation", "write", "fading")] + ["hook_embed"]
 EXPECTED["moe_mamba"] = EXPECTED["mamba"] + [
     f"blocks.{l}.moe.hook_{s}" for l in range(2) for s in ("router_logits", "expert", "expert_out", "drop")]
+# norm hooks (TransformerLens' hook_scale / hook_normalized), named after each model's norms
+NORMS = {"mamba": ("norm",), "transformer": ("ln1", "ln2"), "bmojo": ("ln1", "ln2"), "moe_mamba": ("norm", "moe_norm"),
+         "transformer_rotary": ("ln1", "ln2")}
+for _kind, _norms in NORMS.items():
+    EXPECTED[_kind] = EXPECTED[_kind] + ["ln_final.hook_scale", "ln_final.hook_normalized"] + [
+        f"blocks.{l}.{n}.hook_{h}" for l in range(2) for n in _norms for h in ("scale", "normalized")]
 # B'MOJO's key axis holds every token plus the query's own fading token (models/bmojo_attention.py)
 KEY_EXTRA = {"bmojo": 1}
 

@@ -10,7 +10,8 @@ import torch
 from ssmlens.models import registry
 from ssmlens.models.mamba import MambaBlock, MambaConfig
 from ssmlens.models.mlp import MLP
-from ssmlens.models.moe import ablate_expert, capacity, load_balancing_loss
+from ssmlens.models.moe import (ablate_expert, budget, capacity, dispatch_mask, dispatch_mask_reference,
+                                load_balancing_loss)
 from ssmlens.models.moe_mamba import MoEMamba, MoEMambaConfig
 
 SMALL = dict(vocab_size=50, d_model=16, n_layers=2, d_state=4, n_experts=4, scan_backend="torch")
@@ -85,15 +86,17 @@ def test_one_expert_is_mamba_followed_by_that_feed_forward_layer():
 
 
 def test_capacity_drops_later_tokens_to_the_residual():
-    model = moe_mamba(n_experts=2, capacity_factor=0.5, n_layers=1)  # capacity ceil(0.5·8/2) = 2
-    assert capacity(0.5, 8, 2) == 2
+    model = moe_mamba(n_experts=2, capacity_factor=0.5, n_layers=1)  # budget C_t = ceil(0.5·(t+1)/2)
+    assert capacity(0.5, 8, 2) == 2 and budget(0.5, 8, 2).tolist() == [1, 1, 1, 1, 2, 2, 2, 2]
     route = torch.tensor([0, 0, 0, 1, 0, 1, 1, 1])
     logits = torch.nn.functional.one_hot(route, 2).float()[None].repeat(2, 1, 1) * 5
 
     with model.hooks(fwd_hooks=[("blocks.0.moe.hook_router_logits", lambda x, hook: logits.clone())]):
         with torch.no_grad():
             _, cache = model.run_with_cache(tokens(L=8))
-    drop = torch.tensor([0, 0, 1, 0, 1, 0, 1, 1.0])
+    # expert 0 takes t=0 (budget 1), refuses t=1, 2 (full), takes t=4 (budget 2);
+    # expert 1 takes t=3 and t=5, refuses t=6, 7
+    drop = torch.tensor([0, 1, 1, 0, 0, 0, 1, 1.0])
     assert torch.equal(cache["blocks.0.moe.hook_expert"][0], route)
     assert torch.equal(cache["blocks.0.moe.hook_drop"], drop.expand(2, 8))
     out = cache["blocks.0.moe.hook_expert_out"]
@@ -180,3 +183,33 @@ def test_bad_expert_edit_is_refused():
     model = moe_mamba()
     with pytest.raises(ValueError, match="hook_expert"):
         model.run_with_hooks(tokens(), fwd_hooks=[("blocks.0.moe.hook_expert", lambda e, hook: e + 10)])
+
+
+# -- issue 12, item 4: capacity per prefix ------------------------------------------
+
+@pytest.mark.parametrize("n_experts, capacity_factor", [(1, 1.0), (2, 0.5), (3, 1.25), (4, 1.0), (4, 2.5), (8, 0.3)])
+def test_dispatch_mask_equals_the_first_come_loop(n_experts, capacity_factor):
+    g = torch.Generator().manual_seed(n_experts)
+    # skewed routing (one expert overflows) with some tokens routed to no expert (−1)
+    expert = torch.multinomial(torch.tensor([1.0, 6.0] + [1.0] * (n_experts - 1)), 5 * 37, True, generator=g).view(5, 37) - 1
+    expert[:, 3] = -1
+    got = dispatch_mask(expert, n_experts, capacity_factor)
+    want = dispatch_mask_reference(expert, n_experts, capacity_factor)
+    assert torch.equal(got, want)
+    assert bool(want.any()) and (capacity_factor >= n_experts or bool((~want & (expert >= 0)).any()))
+    for t in range(37):  # no expert holds more than its budget of any prefix
+        for i in range(n_experts):
+            assert int((got[:, : t + 1] & (expert[:, : t + 1] == i)).sum(1).max()) <= capacity(
+                capacity_factor, t + 1, n_experts)
+
+
+def test_prefix_logits_do_not_depend_on_the_sequence_length():
+    """The issue's case: with capacity ceil(cf·L/E) over the whole sequence, logits of
+    tokens[:, :k] differed from the first k logits of the full run (up to 2.1 at k = 2)."""
+    model = moe_mamba(seed=2, capacity_factor=1.0)
+    x = tokens(L=24, seed=5)
+    with torch.no_grad():
+        full, cache = model.run_with_cache(x, names_filter=lambda n: n.endswith("hook_drop"))
+        assert float(cache["blocks.0.moe.hook_drop"].sum()) > 0, "the test needs tokens over capacity"
+        for k in range(1, 24):
+            close(model(x[:, :k]), full[:, :k], rtol=1e-5)

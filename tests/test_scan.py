@@ -148,3 +148,46 @@ def test_bad_options_are_named():
         selective_scan(**x, backend="cuda")
     with pytest.raises(ScanInputError, match="'all'"):
         selective_scan(**x, state_positions="every")
+
+
+# -- issue 12, item 6: empty position lists and bool "positions" -------------------
+
+def _backends():
+    import os
+
+    out = ["torch", "reference"]
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        out.append("triton")
+    return out
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("empty", [[], (), range(0), torch.zeros(0, dtype=torch.long)], ids=repr)
+def test_empty_state_positions_give_no_states(backend, empty):
+    """``state_positions=[]`` is valid input: every backend returns states [b, 0, d, n]."""
+    if backend == "triton":
+        pytest.importorskip("ssmlens.kernels.triton_scan")
+    x = _inputs(2, 9, 4, 3, None)
+    none = selective_scan(**x, backend=backend)
+    res = selective_scan(**x, state_positions=empty, backend=backend)
+    assert res.states is not None and res.states.shape == (2, 0, 4, 3)
+    assert res.states.dtype == torch.float32
+    assert torch.equal(res.out, none.out)
+
+
+def test_empty_state_positions_keep_gradients():
+    x = _inputs(2, 9, 4, 3, None, requires_grad=True)
+    res = selective_scan(**x, state_positions=[], backend="torch")
+    (res.out.sum() + res.states.sum()).backward()
+    assert x["u"].grad is not None and torch.isfinite(x["u"].grad).all()
+
+
+@pytest.mark.parametrize("positions", [torch.tensor([True, False, True]), [True, False], torch.ones(9, dtype=torch.bool)],
+                         ids=["bool tensor", "bool list", "full mask"])
+def test_bool_positions_are_refused(positions):
+    """A mask is not a list of positions: it used to be read as the indices 0 and 1."""
+    x = _inputs(2, 9, 4, 3, None)
+    with pytest.raises(ScanInputError, match="state_positions.*bool"):
+        selective_scan(**x, state_positions=positions)
+    with pytest.raises(ScanInputError, match="state_override positions.*bool"):
+        selective_scan(**x, state_override=(positions, torch.randn(2, len(positions), 4, 3)))
