@@ -51,9 +51,17 @@ def test_distribution_has_one_top_level_module():
 
 
 def test_pyproject_lists_every_subpackage():
-    assert PYPROJECT["tool"]["setuptools"]["package-dir"] == {"ssmlens": "."}
+    assert PYPROJECT["tool"]["setuptools"]["package-dir"] == {
+        "ssmlens": "ssmlens", **{f"ssmlens.{sub}": sub for sub in ssmlens.SUBPACKAGES}}
     data_only = set(PYPROJECT["tool"]["setuptools"]["package-data"])  # folders of css/js, no modules
     assert set(PYPROJECT["tool"]["setuptools"]["packages"]) == _package_folders() | data_only
+
+
+def test_repository_root_is_not_a_package():
+    """pytest imports a directory's __init__.py under the directory's own name: a root
+    __init__.py made a checkout called ``ray/`` shadow the real Ray in the tests."""
+    assert not (ROOT / "__init__.py").exists()
+    assert (ROOT / "ssmlens" / "__init__.py").is_file()
 
 
 def test_wheel_holds_only_ssmlens(tmp_path):

@@ -1,9 +1,9 @@
 """ssmlens: a mechanistic-interpretability workbench for Mamba, Transformers and B'MOJO.
 
-This file is the top of the one import namespace, ``ssmlens``. The repository's
-top-level folders are its subpackages (pyproject.toml maps them with setuptools'
-``package-dir``): ``ssmlens.interp`` (hooks, tasks, training, run store, CLI),
-``ssmlens.models``, ``ssmlens.kernels``, ``ssmlens.probes`` and
+This folder holds only the top of the one import namespace, ``ssmlens``. Its
+subpackages are the repository's top-level folders beside it (pyproject.toml maps
+them with setuptools' ``package-dir``): ``ssmlens.interp`` (hooks, tasks, training,
+run store, CLI), ``ssmlens.models``, ``ssmlens.kernels``, ``ssmlens.probes`` and
 ``ssmlens.dashboards``. ``import ssmlens`` itself is light; the names below are
 imported on first use, so ``import ssmlens.kernels`` never pulls in the models.
 """
@@ -11,6 +11,14 @@ imported on first use, so ``import ssmlens.kernels`` never pulls in the models.
 from __future__ import annotations
 
 import importlib
+import os
+
+# An installed wheel has the subpackages inside this folder. In a source checkout they
+# are its siblings: let imports find them there too (an editable install's finder maps
+# them as well; this covers a checkout on sys.path without it).
+_here = os.path.dirname(os.path.realpath(__file__))
+if not os.path.isdir(os.path.join(_here, "interp")):
+    __path__.append(os.path.dirname(_here))  # noqa: F821 (the package's own __path__)
 
 __version__ = "0.2.0"
 
