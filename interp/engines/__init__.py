@@ -23,10 +23,12 @@ the others go on.
 """
 
 from ssmlens.interp.engines.cells import Cell, CellOutcome, EngineError
-from ssmlens.interp.engines.resume import cell_url, cells_root, finished_run, safe_name, same_config
+from ssmlens.interp.engines.resume import (
+    cell_url, cells_root, finished_run, interrupted_run, safe_name, same_config,
+)
 from ssmlens.interp.engines.run import ENGINES, run_cells
 
 __all__ = [
-    "ENGINES", "Cell", "CellOutcome", "EngineError", "cell_url", "cells_root", "finished_run", "run_cells",
-    "safe_name", "same_config",
+    "ENGINES", "Cell", "CellOutcome", "EngineError", "cell_url", "cells_root", "finished_run", "interrupted_run",
+    "run_cells", "safe_name", "same_config",
 ]

@@ -60,3 +60,15 @@ def finished_run(url: str, config: Any):
     except StoreError:
         return None
     return run if same_config(run.config, config) else None
+
+
+def interrupted_run(url: str, config: Any) -> bool:
+    """True when the run at ``url`` is incomplete and was made from ``config``: its
+    coordinator stopped while writing it, so the same command may replace it."""
+    from ssmlens.interp.store import StoreError, open_run
+
+    try:
+        run = open_run(url, require_complete=False)
+    except StoreError:
+        return False
+    return not run.is_complete and same_config(run.config, config)
