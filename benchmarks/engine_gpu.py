@@ -2,7 +2,7 @@
 fractional GPUs, against the same trainings one after another with the local engine.
 
     python benchmarks/engine_gpu.py                      # one GPU: 16 trainings, 1/8 GPU each (< 4 min)
-    python benchmarks/engine_gpu.py --skip-local --n-models 32 --num-gpus 2   # several GPUs of one host
+    python benchmarks/engine_gpu.py --skip-local --n-models 32 --num-gpus 2   # the same grid on 2 GPUs
     python benchmarks/engine_gpu.py --cpu --tiny         # a check of the script on the CPU (no GPU numbers)
 
 The grid is ``--models`` × learning rates (``ssmlens.interp.training.grid``): d_model 64,
