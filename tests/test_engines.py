@@ -27,6 +27,8 @@ from ssmlens.models import Mamba
 from ssmlens.probes.ablation_study import run_study
 
 TESTS = Path(__file__).resolve().parent
+# cells that do not apply to a model are skipped with a warning; the tables say which
+pytestmark = pytest.mark.filterwarnings("ignore::ssmlens.probes.ablation_study.AblationSkipped")
 
 
 def test_run_cells_retries_records_failures_and_streams(tmp_path):
@@ -195,3 +197,16 @@ def test_engine_flags_are_checked(tmp_path, capsys):
         main(["ablate", str(study), "--out", str(tmp_path / "a"), "--engine", "ray", "--gpus-per-task", "-1"])
     assert "expected a number >= 0" in capsys.readouterr().err
     np.testing.assert_equal(run_cells([], progress=False), {})
+
+
+def test_fsspec_urls_work_the_same(tmp_path):
+    """A study and prompt shards into ``memory://`` (the fsspec URL every worker of this
+    process reaches) give what they give on a local path."""
+    ckpt = str(_tiny_checkpoint(tmp_path / "ckpt"))
+    url = f"memory://engines-{os.getpid()}/p"
+    assert main(["patch", ckpt, *PATCH, "--shards", "2", "--out", url]) == 0
+    assert main(["patch", ckpt, *PATCH, "--shards", "2", "--out", str(tmp_path / "p")]) == 0
+    assert_same_patching(url, tmp_path / "p", exact=True)
+    assert all(u.startswith(url + ".cells/") for u in open_run(url).metrics["shards"])
+    table = run_study(H.study(), f"memory://engines-{os.getpid()}/a", progress=False)
+    pd.testing.assert_frame_equal(table, run_study(H.study(), tmp_path / "a", progress=False))

@@ -27,6 +27,8 @@ from ssmlens.interp.store import open_run  # noqa: E402
 from ssmlens.probes.ablation_study import run_study  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
+# cells that do not apply to a model are skipped with a warning; the tables say which
+pytestmark = pytest.mark.filterwarnings("ignore::ssmlens.probes.ablation_study.AblationSkipped")
 EXAMPLE = TESTS.parent / "examples" / "ablation_study.yaml"
 
 
