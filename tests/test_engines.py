@@ -197,6 +197,10 @@ def test_engine_flags_are_checked(tmp_path, capsys):
         main(["ablate", str(study), "--out", str(tmp_path / "a"), "--engine", "ray", "--gpus-per-task", "-1"])
     assert "expected a number >= 0" in capsys.readouterr().err
     np.testing.assert_equal(run_cells([], progress=False), {})
+    pytest.importorskip("ray")
+    assert main(["ablate", str(study), "--out", str(tmp_path / "a"), "--engine", "ray", "--address", "127.0.0.1:1"]) == 2
+    assert "cannot join the Ray cluster at '127.0.0.1:1': nothing answers there" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
 
 
 def test_fsspec_urls_work_the_same(tmp_path):

@@ -34,7 +34,7 @@ def run(args) -> int:
     import warnings
 
     from ssmlens.interp.engines import EngineError
-    from ssmlens.interp.engines.cli import engine_options
+    from ssmlens.interp.engines.cli import engine_options, start_engine
     from ssmlens.probes.ablation_study import AblationSkipped, StudyError, load_study, run_study
 
     try:
@@ -48,6 +48,7 @@ def run(args) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AblationSkipped)  # listed below instead
         try:
+            start_engine(engine)
             table = run_study(study, args.out, progress=args.progress, overwrite=args.overwrite, engine=engine)
         except EngineError as e:
             print(f"ssmlens ablate: {e}", file=sys.stderr)

@@ -70,7 +70,7 @@ def parse_positions(text: str):
 def run(args) -> int:
     from ssmlens.interp.cli.cache import task_args
     from ssmlens.interp.engines import EngineError
-    from ssmlens.interp.engines.cli import engine_options
+    from ssmlens.interp.engines.cli import engine_options, start_engine
     from ssmlens.interp.hook_names import UnknownHookError
     from ssmlens.interp.store import StoreError, create_run
     from ssmlens.interp.tasks import corrupt, make_task
@@ -93,6 +93,7 @@ def run(args) -> int:
                 raise ValueError("--attribution is not sharded: run it without --shards / --engine ray")
             if engine["gpus_per_task"]:
                 raise ValueError("ssmlens patch runs on the CPU: --gpus-per-task does not apply")
+            start_engine(engine)
             sweep, shard_urls, failed = sharded_patching_sweep(
                 ckpt, task, settings, args.n, args.seed, args.corrupt, hooks, positions, out=args.out,
                 shards=args.shards or 1, direction=args.direction, memory_mb=args.memory_mb, engine=engine,

@@ -152,12 +152,13 @@ def resolve_grid(args: argparse.Namespace) -> dict:
 def run_grid_command(args: argparse.Namespace, config, grid: dict) -> int:
     """``--grid``: every grid point an engine cell; prints the grid's table."""
     from ssmlens.interp.engines import EngineError
-    from ssmlens.interp.engines.cli import engine_options
+    from ssmlens.interp.engines.cli import engine_options, start_engine
     from ssmlens.interp.training.grid import expand_grid, run_grid
 
     try:
         engine = engine_options(args)
         expand_grid(config, grid)  # bad values fail here, before any cell runs
+        start_engine(engine)
         gpus = engine["gpus_per_task"]
         if gpus is None:  # a GPU per training unless told to share (--gpus-per-task 0.25)
             gpus = 0.0

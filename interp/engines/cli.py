@@ -45,3 +45,12 @@ def engine_options(args: argparse.Namespace) -> dict:
         raise ValueError("--address and --gpus-per-task apply to --engine ray only")
     return {"engine": engine, "address": getattr(args, "address", None),
             "gpus_per_task": getattr(args, "gpus_per_task", None), "retries": getattr(args, "retries", 1)}
+
+
+def start_engine(options: dict) -> None:
+    """Join (or start) the Ray cluster of ``--engine ray`` before anything is written, so
+    that a wrong ``--address`` fails with EngineError and leaves no run behind."""
+    if options.get("engine") == "ray":
+        from ssmlens.interp.engines.ray_engine import connect
+
+        connect(options.get("address"))

@@ -28,15 +28,35 @@ def _run_in_worker(fn, kwargs):
 
 def connect(address: str | None) -> bool:
     """``ray.init`` unless this process is already connected; True when it started Ray."""
-    import ray
-
+    try:
+        import ray
+    except ImportError:
+        raise EngineError("--engine ray needs Ray: pip install 'ssmlens[ray]' (or pip install ray)") from None
     if ray.is_initialized():
         return False
     if address in (None, "", "local"):
         ray.init(include_dashboard=False)
-    else:
+        return True
+    _probe(address)
+    try:
         ray.init(address=address)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise EngineError(f"cannot join the Ray cluster at {address!r}: {error_line(e)}") from None
     return True
+
+
+def _probe(address: str, timeout: float = 10.0) -> None:
+    """Fail at once on a HOST:PORT nobody listens on (ray.init would wait for it for minutes)."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # "auto", ray:// client addresses: Ray resolves and reports them itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise EngineError(f"cannot join the Ray cluster at {address!r}: nothing answers there ({e}); start it "
+                          "with `ray start --head` on that host, or check --address") from None
 
 
 def cluster_gpus(address: str | None) -> float:
@@ -65,15 +85,12 @@ def _check_resources(cells: Sequence[Cell], gpus_of: Callable[[Cell], float]) ->
 def run_ray(cells: Sequence[Cell], *, address: str | None, gpus_per_task: float | None, retries: int,
             report: Callable[[CellOutcome], None]) -> None:
     """Run ``cells`` as Ray tasks; ``report(outcome)`` in this process as each finishes."""
-    try:
-        import ray
-    except ImportError:
-        raise EngineError("--engine ray needs Ray: pip install 'ssmlens[ray]' (or pip install ray)") from None
+    started = connect(address)
+    import ray
 
     def gpus_of(cell: Cell) -> float:
         return float(cell.gpus if gpus_per_task is None else gpus_per_task)
 
-    started = connect(address)
     try:
         _check_resources(cells, gpus_of)
         task = ray.remote(_run_in_worker)
