@@ -61,9 +61,9 @@ def _probe(address: str, timeout: float = 10.0) -> None:
 
 def cluster_gpus(address: str | None) -> float:
     """GPUs of the Ray cluster at ``address`` (connects first; a local start stays up)."""
+    connect(address)
     import ray
 
-    connect(address)
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
