@@ -34,6 +34,12 @@ ablation)``. Re-running into the same ``out`` reads the finished cells from that
 loaded, evaluated or rewritten. Cells whose ablation does not apply to a model
 (no_memory on Mamba) are skipped with an ``AblationSkipped`` warning, listed in the
 run's metrics and in ``table.attrs["skipped"]``, and not retried on re-runs.
+
+Each cell is an engine cell (``ssmlens.probes.ablation_cell``, ``ssmlens.interp.engines``):
+``run_study(study, out, engine={"engine": "ray", "gpus_per_task": 0.25})`` evaluates them
+as Ray tasks; the coordinator alone writes the run, as cells finish. A cell that still
+fails after the engine's retries is listed in ``table.attrs["failed"]`` and the run's
+metrics, its values are NaN, and a re-run evaluates it again.
 """
 
 from __future__ import annotations

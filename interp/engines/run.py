@@ -67,13 +67,11 @@ def run_cells(
         bar.update()
 
     try:
-        if not cells:
-            pass
-        elif engine == "local":
+        if cells and engine == "local":
             from ssmlens.interp.engines.local import run_local
 
             run_local(cells, retries=retries, report=report)
-        else:
+        elif cells:
             from ssmlens.interp.engines.ray_engine import run_ray
 
             run_ray(cells, address=address, gpus_per_task=gpus_per_task, retries=retries, report=report)
