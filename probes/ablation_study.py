@@ -34,6 +34,12 @@ ablation)``. Re-running into the same ``out`` reads the finished cells from that
 loaded, evaluated or rewritten. Cells whose ablation does not apply to a model
 (no_memory on Mamba) are skipped with an ``AblationSkipped`` warning, listed in the
 run's metrics and in ``table.attrs["skipped"]``, and not retried on re-runs.
+
+Each cell is an engine cell (``ssmlens.probes.ablation_cell``, ``ssmlens.interp.engines``):
+``run_study(study, out, engine={"engine": "ray", "gpus_per_task": 0.25})`` evaluates them
+as Ray tasks; the coordinator alone writes the run, as cells finish. A cell that still
+fails after the engine's retries is listed in ``table.attrs["failed"]`` and the run's
+metrics, its values are NaN, and a re-run evaluates it again.
 """
 
 from __future__ import annotations
@@ -41,7 +47,6 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -49,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssmlens.probes.ablation import Ablation, NotApplicable
+from ssmlens.probes.ablation import Ablation
 from ssmlens.probes.ablation_spec import (
     STUDY_METRICS, AblationStudy, ModelSpec, StudyError, TaskSpec, load_study, study_from_dict,
 )
@@ -117,6 +122,9 @@ def _previous(out) -> tuple[pd.DataFrame, list[dict], bool, bool]:
     else:
         frames = [run.table(t) for t in tables if t.startswith(PARTS + "/")]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+    failed = {(f["model"], f["task"], f["ablation"]) for f in run.metrics.get("failed") or []}
+    if failed:  # the NaN rows of failed cells: those cells are evaluated again
+        df = df[[k not in failed for k in zip(df["model"], df["task"], df["ablation"])]]
     return df[COLUMNS], list(run.metrics.get("skipped") or []), True, run.is_complete
 
 
@@ -152,14 +160,14 @@ def result_arrays(df: pd.DataFrame):
 
 
 def run_study(study: AblationStudy | dict | str | Path, out=None, *, progress: bool = True,
-              overwrite: bool = False) -> pd.DataFrame:
+              overwrite: bool = False, engine: dict | None = None) -> pd.DataFrame:
     """Evaluate every unfinished cell of ``study``; see the module docstring.
 
     ``out``: run store URL (None: in memory only). ``overwrite``: ignore (and replace)
-    what a previous run at ``out`` holds. Returns the tidy table of all cells.
+    what a previous run at ``out`` holds. ``engine``: keyword arguments of
+    ``ssmlens.interp.engines.run_cells`` (``{"engine": "ray", "gpus_per_task": 0.25,
+    "retries": 2}``; default: the local engine). Returns the tidy table of all cells.
     """
-    from tqdm.auto import tqdm
-
     if isinstance(study, (str, Path)):
         study = load_study(study)
     elif isinstance(study, dict):
@@ -181,6 +189,7 @@ def run_study(study: AblationStudy | dict | str | Path, out=None, *, progress: b
 
         writer = create_run(out, study.to_config(), overwrite=exists or overwrite)
     new_rows: list[dict] = []
+    failed: list[dict] = []
     part = 0
     try:
         if writer is not None and not prev.empty:
@@ -188,44 +197,39 @@ def run_study(study: AblationStudy | dict | str | Path, out=None, *, progress: b
             part += 1
         if writer is not None and skipped:
             writer.set_metrics(skipped=skipped)
-        by_unit: dict[tuple[str, str], list[str]] = {}
-        for m, t, a in todo:
-            by_unit.setdefault((m, t), []).append(a)
-        models = {m.name: m for m in study.models}
-        tasks = {t.name: t for t in study.tasks}
-        ablations = {a.label: a for a in study.ablations}
-        batches: dict[str, Any] = {}
-        bar = tqdm(total=len(todo), desc=f"ablation study {study.name}", disable=not progress)
-        current = (None, None)
-        for (m_name, t_name), labels in by_unit.items():
-            if t_name not in batches:
-                batches[t_name] = tasks[t_name].make_batch()
-            batch = batches[t_name]
-            if current[0] != m_name:
-                current = (m_name, models[m_name].load(max(t.vocab_size for t in study.tasks), study.device))
-            model = current[1]
-            vocab = getattr(getattr(model, "cfg", None), "vocab_size", None)
-            if vocab is not None and batch.vocab_size > vocab:
-                raise StudyError(f"task {t_name!r} has vocab_size {batch.vocab_size} but model {m_name!r} has "
-                                 f"{vocab}: give the task the config the model was trained on")
-            for label in labels:
-                bar.set_postfix_str(f"{m_name} / {t_name} / {label}", refresh=False)
-                try:
-                    rows = evaluate_cell(model, batch, ablations[label], study.metrics, study.batch_size)
-                except NotApplicable as e:
-                    warnings.warn(f"skipping {m_name} / {t_name} / {label}: {e}", AblationSkipped, stacklevel=2)
-                    skipped.append({"model": m_name, "task": t_name, "ablation": label, "reason": str(e)})
-                    if writer is not None:
-                        writer.set_metrics(skipped=skipped)
-                    bar.update()
-                    continue
-                rows = [{"model": m_name, "task": t_name, "ablation": label, **r} for r in rows]
-                new_rows += rows
+        cells, where_of = _cells(study, todo)
+
+        def record(outcome) -> None:  # in this process, as each cell finishes: stream it to disk
+            nonlocal part
+            m_name, t_name, label = where_of[outcome.key]
+            where = {"model": m_name, "task": t_name, "ablation": label}
+            if not outcome.ok:
+                failed.append({**where, "error": outcome.error})
+                if writer is not None:
+                    writer.set_metrics(failed=failed)
+            elif "skipped" in outcome.result:
+                warnings.warn(f"skipping {m_name} / {t_name} / {label}: {outcome.result['skipped']}",
+                              AblationSkipped, stacklevel=2)
+                skipped.append({**where, "reason": outcome.result["skipped"]})
+                if writer is not None:
+                    writer.set_metrics(skipped=skipped)
+            else:
+                rows = [{**where, **r} for r in outcome.result["rows"]]
+                new_rows.extend(rows)
                 if writer is not None:
                     writer.write_table(f"{PARTS}/{part:05d}", _tidy(pd.DataFrame(rows)))
                     part += 1
-                bar.update()
-        bar.close()
+
+        from ssmlens.interp.engines import run_cells
+        from ssmlens.probes.ablation_cell import forget
+
+        try:
+            run_cells(cells.values(), **(engine or {}), progress=progress, desc=f"ablation study {study.name}",
+                      on_result=record)
+        finally:
+            forget()
+        # a failed cell is listed and its values are NaN; a re-run evaluates it again
+        new_rows += [{**f, "metric": m, "value": math.nan, "n": 0} for f in failed for m in study.metrics]
         redone = {(r["model"], r["task"], r["ablation"]) for r in new_rows}
         keep = prev[[k not in redone for k in zip(prev["model"], prev["task"], prev["ablation"])]] \
             if not prev.empty else prev
@@ -235,15 +239,43 @@ def run_study(study: AblationStudy | dict | str | Path, out=None, *, progress: b
             writer.write_table(TABLE, table)
             for metric, da in result_arrays(table).items():
                 writer.write_result(f"{TABLE}/{metric}", da)
-            writer.set_metrics(n_cells=len(study.cells()), n_evaluated=len(redone), n_skipped=len(skipped),
-                               skipped=skipped)
+            writer.set_metrics(n_cells=len(study.cells()), n_evaluated=len(redone) - len(failed),
+                               n_skipped=len(skipped), skipped=skipped, n_failed=len(failed), failed=failed)
             writer.finish()
     except BaseException as e:
         if writer is not None:
             writer.abort(e)
         raise
     table.attrs["skipped"] = skipped
+    table.attrs["failed"] = failed
     return table
+
+
+def _cells(study: AblationStudy, todo) -> tuple[dict, dict]:
+    """Engine cells of the unfinished (model, task, ablation) triples, in study order, and
+    each cell key's triple."""
+    import dataclasses
+    import os
+
+    from ssmlens.interp.engines import Cell
+    from ssmlens.probes.ablation_cell import ablation_cell
+
+    models = {m.name: m for m in study.models}
+    for name, m in models.items():  # workers may run elsewhere: give them absolute paths
+        if m.checkpoint is not None and "://" not in str(m.checkpoint):
+            models[name] = dataclasses.replace(m, checkpoint=os.path.abspath(os.path.expanduser(m.checkpoint)))
+    tasks = {t.name: t for t in study.tasks}
+    ablations = {a.label: a for a in study.ablations}
+    vocab = max(t.vocab_size for t in study.tasks)
+    gpus = 1.0 if str(study.device).startswith("cuda") else 0.0
+    cells, where_of = {}, {}
+    for m, t, a in todo:
+        key = f"{m}/{t}/{a}"
+        cells[key] = Cell(key, ablation_cell, {
+            "model": models[m], "task": tasks[t], "ablation": ablations[a], "metrics": list(study.metrics),
+            "batch_size": study.batch_size, "device": study.device, "vocab_size": vocab}, gpus=gpus)
+        where_of[key] = (m, t, a)
+    return cells, where_of
 
 
 def _sorted(df: pd.DataFrame, study: AblationStudy) -> pd.DataFrame:

@@ -259,19 +259,21 @@ def test_study_writes_a_tidy_table_and_skips_finished_cells(tmp_path):
     assert len(fig.data) == 2 and "none" not in list(fig.data[0].x)
 
 
-def test_an_interrupted_study_resumes_from_its_finished_cells(tmp_path):
+def test_a_failing_cell_is_listed_and_evaluated_again_on_rerun(tmp_path):
     from ssmlens.interp.store import open_run
 
     model = _counting(_mamba())
     out = tmp_path / "crash"
     Boom.armed = True
-    with pytest.raises(RuntimeError, match="crash mid-study"):
-        run_study(_study({"mamba": model}, ["no_conv", Boom()]), out, progress=False)
-    assert not open_run(out, require_complete=False).is_complete
-    assert model.calls == 4  # none and no_conv finished before the crash
+    table = run_study(_study({"mamba": model}, ["no_conv", Boom()]), out, progress=False)  # the study goes on
+    assert [(f["ablation"], "crash mid-study" in f["error"]) for f in table.attrs["failed"]] == [("boom", True)]
+    assert table[table["ablation"] == "boom"]["value"].isna().all() and len(table) == 6
+    assert model.calls == 4  # none and no_conv; boom failed (twice: one retry) before any forward
+    assert open_run(out).metrics["n_failed"] == 1
     Boom.armed = False
     table = run_study(_study({"mamba": model}, ["no_conv", Boom()]), out, progress=False)
     assert model.calls == 6 and list(table["ablation"].unique()) == ["none", "no_conv", "boom"]
+    assert not table["value"].isna().any() and table.attrs["failed"] == []
     assert open_run(out).is_complete
 
 

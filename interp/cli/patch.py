@@ -11,6 +11,12 @@ patches every hook site × position unit (``ssmlens.probes.patching``), batched.
 ``results/patching/<kind>`` (dims metric, layer, pos|role), ``tables/patching``,
 the batch, the corrupted tokens and the baselines; prints the strongest sites and
 where the run is.
+
+``--shards K`` splits the examples into K prompt shards, each an engine cell that writes
+its own run (``<out>.cells/shard-i-of-k``); the coordinator merges their sums into the
+same results as one sweep over all examples (``ssmlens.probes.patching_shards``) and
+links the shard runs in its metrics. With ``--engine ray`` the shards run side by side;
+a re-run skips the finished shards.
 """
 
 from __future__ import annotations
@@ -38,6 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attribution", action="store_true", help="also run attribution patching")
     p.add_argument("--memory-mb", type=float, default=32, dest="memory_mb",
                    help="memory budget of one batched forward (default: 32)")
+    p.add_argument("--shards", type=int, default=None,
+                   help="split the examples into this many prompt shards, one engine cell each "
+                        "(default: 1 shard with --engine ray, no sharding otherwise)")
+    from ssmlens.interp.engines.cli import add_engine_arguments
+
+    add_engine_arguments(p)
 
 
 def parse_positions(text: str):
@@ -57,6 +69,8 @@ def parse_positions(text: str):
 
 def run(args) -> int:
     from ssmlens.interp.cli.cache import task_args
+    from ssmlens.interp.engines import EngineError
+    from ssmlens.interp.engines.cli import engine_options, start_engine
     from ssmlens.interp.hook_names import UnknownHookError
     from ssmlens.interp.store import StoreError, create_run
     from ssmlens.interp.tasks import corrupt, make_task
@@ -71,14 +85,40 @@ def run(args) -> int:
         positions = parse_positions(args.positions)
         clean = make_task(task, **settings).sample(args.n, args.seed)
         corr = corrupt(clean, args.corrupt, args.seed + 1)
-        sweep = patching_sweep(model, clean, corr, hooks, positions, direction=args.direction,
-                               memory_mb=args.memory_mb, progress=args.progress)
+        engine, shard_urls = engine_options(args), None
+        if args.shards is not None or engine["engine"] != "local":
+            from ssmlens.probes.patching_shards import sharded_patching_sweep
+
+            if args.attribution:
+                raise ValueError("--attribution is not sharded: run it without --shards / --engine ray")
+            if engine["gpus_per_task"]:
+                raise ValueError("ssmlens patch runs on the CPU: --gpus-per-task does not apply")
+            start_engine(engine)
+            sweep, shard_urls, failed = sharded_patching_sweep(
+                ckpt, task, settings, args.n, args.seed, args.corrupt, hooks, positions, out=args.out,
+                shards=args.shards or 1, direction=args.direction, memory_mb=args.memory_mb, engine=engine,
+                progress=args.progress)
+            if failed:
+                for key, error in failed:
+                    print(f"ssmlens patch: shard {key} failed: {error}", file=sys.stderr)
+                print(f"ssmlens patch: {len(failed)} shard(s) failed; re-run the same command to run them "
+                      "again (finished shards are kept)", file=sys.stderr)
+                return 1
+        else:
+            sweep = patching_sweep(model, clean, corr, hooks, positions, direction=args.direction,
+                                   memory_mb=args.memory_mb, progress=args.progress)
         attr = attribution_patching(model, clean, corr, hooks, positions, direction=args.direction) \
             if args.attribution else None
         config = {"kind": "patching", "checkpoint": str(ckpt), "model_type": model.model_type,
                   "model_config": model.config_dict(), "task": task, "task_config": settings,
                   "n_examples": args.n, "seed": args.seed, "corruption": args.corrupt, "hooks": hooks,
                   "positions": args.positions, "direction": args.direction}
+        if shard_urls is not None:
+            from ssmlens.interp.engines import interrupted_run
+
+            config["shards"] = len(shard_urls)
+            # the coordinator was stopped while writing its run: the same command replaces it
+            args.overwrite = args.overwrite or interrupted_run(args.out, config)
         with create_run(args.out, config, overwrite=args.overwrite) as w:
             w.set_checkpoint(str(ckpt))
             w.write_batch(clean)
@@ -92,8 +132,10 @@ def run(args) -> int:
             if attr is not None:
                 w.write_table("attribution", tidy(attr))
             w.set_metrics({k: v for k, v in sweep.attrs.items() if k.startswith(("clean_", "corrupted_"))})
+            if shard_urls is not None:  # linked, not copied: each shard's run keeps its own data
+                w.set_metrics(shards=shard_urls)
             url = w.url
-    except (CheckpointError, StoreError, UnknownHookError, ValueError, TypeError, KeyError) as e:
+    except (CheckpointError, StoreError, UnknownHookError, ValueError, TypeError, KeyError, EngineError) as e:
         print(f"ssmlens patch: error: {e}", file=sys.stderr)
         return 2
     a = sweep.attrs

@@ -3,10 +3,15 @@
     ssmlens train --model mamba --task ar --d-model 64 --layers 2 --steps 3000
     ssmlens train --config run.yaml --lr 3e-3        # flags override the file
     ssmlens train --model transformer --task ar --task-arg n_keys=64 --task-arg n_pairs=8
+    ssmlens train --task ar --grid model=mamba,transformer --grid lr=1e-3,3e-3 --engine ray --gpus-per-task 0.25
 
 The run goes to ``<out-dir>/<name>/`` (default ``runs/<model>-<task>/``): checkpoints,
 ``metrics.jsonl``, ``final/`` and ``best/``. Running the same command again resumes
 from the last checkpoint (or returns at once when the run is finished).
+
+``--grid FIELD=V1,V2,...`` (repeatable; or ``grid:`` in the config file) trains every
+combination, one run each, as engine cells (``--engine ray`` side by side, see
+``ssmlens.interp.training.grid``); finished points are skipped on a re-run.
 """
 
 from __future__ import annotations
@@ -74,6 +79,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     e.add_argument("--print-config", action="store_true", default=False,
                    help="print the resolved config as YAML and exit")
+    gr = p.add_argument_group("training grids")
+    gr.add_argument("--grid", action="append", metavar="FIELD=V1,V2,...",
+                    help="train every combination of these values, one run each (repeatable), e.g. "
+                         "--grid model=mamba,transformer --grid lr=1e-3,3e-3 --grid model_config.d_state=8,16")
+    from ssmlens.interp.engines.cli import add_engine_arguments
+
+    add_engine_arguments(p)
 
 
 def _float_or_none(text: str) -> float | None:
@@ -99,7 +111,8 @@ def resolve_config(args: argparse.Namespace):
     """The TrainConfig of the command line: file values, then flags on top."""
     from ssmlens.interp.training.config import TrainConfig, coerce_numbers, load_config_file, normalize_keys
 
-    values = normalize_keys(load_config_file(args.config)) if args.config else {}
+    values = normalize_keys({k: v for k, v in load_config_file(args.config).items() if k != "grid"}) \
+        if args.config else {}
     given = vars(args)
     for name in _FIELD_FLAGS + ("resume", "overwrite", "progress"):
         if name in given:
@@ -121,9 +134,63 @@ def check_names(config) -> None:
         raise ValueError(f"unknown task {config.task!r}; valid tasks: {', '.join(task_names())}")
 
 
+def resolve_grid(args: argparse.Namespace) -> dict:
+    """The grid of the command line: the config file's ``grid:`` mapping, ``--grid`` flags on top."""
+    from ssmlens.interp.training.config import load_config_file
+    from ssmlens.interp.training.grid import parse_grid, parse_grid_flags
+
+    grid = {}
+    if args.config:
+        file_grid = load_config_file(args.config).get("grid") or {}
+        if not isinstance(file_grid, dict):
+            raise ValueError(f"{args.config}: grid must be a mapping FIELD -> list of values")
+        grid.update(parse_grid(file_grid))
+    grid.update(parse_grid_flags(getattr(args, "grid", None) or []))
+    return grid
+
+
+def run_grid_command(args: argparse.Namespace, config, grid: dict) -> int:
+    """``--grid``: every grid point an engine cell; prints the grid's table."""
+    from ssmlens.interp.engines import EngineError
+    from ssmlens.interp.engines.cli import engine_options, start_engine
+    from ssmlens.interp.training.grid import expand_grid, run_grid
+
+    try:
+        engine = engine_options(args)
+        expand_grid(config, grid)  # bad values fail here, before any cell runs
+        start_engine(engine)
+        gpus = engine["gpus_per_task"]
+        if gpus is None:  # a GPU per training unless told to share (--gpus-per-task 0.25)
+            gpus = 0.0
+            if engine["engine"] == "ray" and config.device != "cpu":
+                from ssmlens.interp.engines.ray_engine import cluster_gpus
+
+                gpus = 1.0 if cluster_gpus(engine["address"]) >= 1 else 0.0
+        rows, path = run_grid(config, grid, engine={**engine, "gpus_per_task": gpus}, progress=config.progress)
+    except (ValueError, EngineError) as e:
+        print(f"ssmlens train: error: {e}", file=sys.stderr)
+        return 2
+    failed = [r for r in rows if r["status"] != "done"]
+    for r in rows:
+        values = " ".join(f"{k}={r[k]}" for k in grid)
+        print(f"{r['name']:<40} {values:<40} {r['status']:<6} acc {r['acc']:.4f} loss {r['loss']:.4f}"
+              + (f"  {r['error']}" if r["error"] else ""))
+    print(f"grid table: {path}")
+    if failed:
+        print(f"{len(failed)} training(s) failed; re-run the same command to train them again", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = resolve_config(args)
+        grid = resolve_grid(args)
+        if grid and not args.print_config:
+            check_names(config)
+            for field in ("model", "task"):
+                for value in grid.get(field, []):
+                    check_names(config.replace(**{field: value}))
+            return run_grid_command(args, config, grid)
         if args.print_config:
             import yaml
 
