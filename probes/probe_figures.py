@@ -52,7 +52,8 @@ def _uninformative_note(da: xr.DataArray) -> str | None:
     if not bool(flags.any()):
         return None
     where = [str(p) for p in da.position.values if bool(flags.sel(position=p).any())]
-    return f"control task uninformative at position {', '.join(where)} (one control label there: a token that never varies): not drawn"
+    return (f"control task uninformative at position {', '.join(where)} "
+            "(one control label there: a token that never varies): not drawn")
 
 
 def _select(values, wanted, what: str) -> list:

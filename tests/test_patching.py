@@ -289,7 +289,8 @@ def _per_example_gaps(model, clean, corr, metric):
     with torch.no_grad():
         c, k = (query_logits(model(b.tokens), spec.query) for b in (clean, corr))
     ref = c.double().log_softmax(-1)
-    return (row_metrics(c, spec.answer, spec.alt, ref)[metric] - row_metrics(k, spec.answer, spec.alt, ref)[metric]).numpy()
+    rows = [row_metrics(x, spec.answer, spec.alt, ref)[metric] for x in (c, k)]
+    return (rows[0] - rows[1]).numpy()
 
 
 def test_item7_figures_say_how_many_examples_were_excluded(mamba, batches):
