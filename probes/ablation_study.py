@@ -25,15 +25,19 @@ A study is an ``AblationStudy`` (Python) or a YAML file (``load_study``)::
 
 ``run_study(study, out)`` evaluates every cell (model, task, ablation) with a tqdm
 progress bar and returns the table with columns ``model, task, ablation, metric,
-value, n`` (n: the answers, or examples for seq_acc, the value averages over). With
+value, n, status`` (n: the answers, or examples for seq_acc, the value averages over;
+status: "ok", or "n/a" for a cell whose ablation does not apply to its model). With
 ``out`` it writes a run store: each finished cell at once as a table
 ``ablation_parts/<k>`` (so an interrupted study keeps its cells), then the whole
 table ``ablation`` and arrays ``ablation/<metric>`` with dims ``(model, task,
 ablation)``. Re-running into the same ``out`` reads the finished cells from that run
 (complete or not) and evaluates only the others; when none is left, nothing is
 loaded, evaluated or rewritten. Cells whose ablation does not apply to a model
-(no_memory on Mamba) are skipped with an ``AblationSkipped`` warning, listed in the
-run's metrics and in ``table.attrs["skipped"]``, and not retried on re-runs.
+(no_memory on Mamba; a value ablation of ``mixer.hook_ssm_state`` on a Transformer)
+are not evaluated: an ``AblationSkipped`` warning, rows with status "n/a", value NaN
+and n 0 in the table (NaN in the arrays, "n/a" in the figure), the reasons in the
+run's metrics and ``table.attrs["skipped"]``; the study goes on, and re-runs do not
+retry them.
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ from ssmlens.probes.ablation_spec import (
     STUDY_METRICS, AblationStudy, ModelSpec, StudyError, TaskSpec, load_study, study_from_dict,
 )
 
-COLUMNS = ["model", "task", "ablation", "metric", "value", "n"]
+COLUMNS = ["model", "task", "ablation", "metric", "value", "n", "status"]
+OK, NOT_APPLICABLE = "ok", "n/a"  # the status column
 TABLE = "ablation"
 PARTS = "ablation_parts"
 
@@ -92,7 +97,7 @@ def evaluate_cell(model, batch, ablation: Ablation, metrics, batch_size: int = 1
             if name in sums:
                 sums[name][0] += s
                 sums[name][1] += n
-    return [{"metric": m, "value": s / n if n else math.nan, "n": int(n)} for m, (s, n) in sums.items()]
+    return [{"metric": m, "value": s / n if n else math.nan, "n": int(n), "status": OK} for m, (s, n) in sums.items()]
 
 
 # ---- the runner -----------------------------------------------------------------------------
@@ -117,7 +122,21 @@ def _previous(out) -> tuple[pd.DataFrame, list[dict], bool, bool]:
     else:
         frames = [run.table(t) for t in tables if t.startswith(PARTS + "/")]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
-    return df[COLUMNS], list(run.metrics.get("skipped") or []), True, run.is_complete
+    skipped = list(run.metrics.get("skipped") or [])
+    if "status" not in df.columns:  # written before the status column: every row was evaluated
+        df["status"] = OK
+    listed = set(zip(df["model"], df["task"], df["ablation"]))
+    missing = [s for s in skipped if (s["model"], s["task"], s["ablation"]) not in listed]
+    if missing:  # (older runs kept skipped cells out of the table)
+        metrics = list(dict.fromkeys(df["metric"])) or list((run.config or {}).get("metrics") or [])
+        df = pd.concat([df, pd.DataFrame(_na_rows(missing, metrics))], ignore_index=True)
+    return _tidy(df), skipped, True, run.is_complete
+
+
+def _na_rows(cells: list[dict], metrics) -> list[dict]:
+    """Table rows of cells whose ablation does not apply: value NaN, n 0, status n/a."""
+    return [{"model": c["model"], "task": c["task"], "ablation": c["ablation"], "metric": m, "value": math.nan,
+             "n": 0, "status": NOT_APPLICABLE} for c in cells for m in metrics]
 
 
 def _finished(df: pd.DataFrame, metrics) -> set[tuple[str, str, str]]:
@@ -128,8 +147,8 @@ def _finished(df: pd.DataFrame, metrics) -> set[tuple[str, str, str]]:
 
 
 def _tidy(df: pd.DataFrame) -> pd.DataFrame:
-    df = df[COLUMNS].copy()
-    for c in ("model", "task", "ablation", "metric"):
+    df = df.assign(status=df["status"] if "status" in df.columns else OK)[COLUMNS].copy()
+    for c in ("model", "task", "ablation", "metric", "status"):
         df[c] = df[c].astype(str)
     df["value"] = df["value"].astype(float)
     df["n"] = df["n"].astype(np.int64)
@@ -213,13 +232,15 @@ def run_study(study: AblationStudy | dict | str | Path, out=None, *, progress: b
                 try:
                     rows = evaluate_cell(model, batch, ablations[label], study.metrics, study.batch_size)
                 except NotApplicable as e:
-                    warnings.warn(f"skipping {m_name} / {t_name} / {label}: {e}", AblationSkipped, stacklevel=2)
-                    skipped.append({"model": m_name, "task": t_name, "ablation": label, "reason": str(e)})
+                    warnings.warn(f"not applicable, marked n/a: {m_name} / {t_name} / {label}: {e}", AblationSkipped,
+                                  stacklevel=2)
+                    cell = {"model": m_name, "task": t_name, "ablation": label, "reason": str(e)}
+                    skipped.append(cell)
                     if writer is not None:
                         writer.set_metrics(skipped=skipped)
-                    bar.update()
-                    continue
-                rows = [{"model": m_name, "task": t_name, "ablation": label, **r} for r in rows]
+                    rows = _na_rows([cell], study.metrics)
+                else:
+                    rows = [{"model": m_name, "task": t_name, "ablation": label, **r} for r in rows]
                 new_rows += rows
                 if writer is not None:
                     writer.write_table(f"{PARTS}/{part:05d}", _tidy(pd.DataFrame(rows)))
