@@ -62,6 +62,12 @@ def _int(values: dict, key: str):
         return no_update
 
 
+def url_run(search: str | None) -> str | None:
+    """The run a URL's query names (``?run=demo/mamba``), or None."""
+    values = parse_qs((search or "").lstrip("?")).get("run")
+    return values[0] if values else None
+
+
 def apply_url(search: str | None):
     """``?run=&example=&token=`` -> the selectors (each left alone when absent)."""
     params = parse_qs((search or "").lstrip("?"))

@@ -102,16 +102,18 @@ def _heatmap(da: xr.DataArray, metric: str | None, hook: str | None, title: str 
         bound = float(np.abs(finite).max()) or 1.0
         zrange = (-bound, bound)
     ylabels = _layer_labels(sel)
+    label = metric or str(da.attrs.get("metric") or "value")  # a result without a metric axis names it in attrs
     for row, (h, z) in enumerate(zip(hooks, values), start=1):
         fig.add_trace(go.Heatmap(
             z=z, x=x, y=ylabels, zmin=zrange[0], zmax=zrange[1], colorscale="RdBu", reversescale=True,
             colorbar=dict(title=metric or ""), showscale=row == 1,
-            hovertemplate=f"{h or ''} %{{y}} @ %{{x}}<br>{metric}=%{{z:.4f}}<extra></extra>"), row=row, col=1)
+            hovertemplate=f"{h or ''} %{{y}} @ %{{x}}<br>{label}=%{{z:.4f}}<extra></extra>"), row=row, col=1)
         fig.update_yaxes(title_text="layer", row=row, col=1)
     unit = _unit_dim(sel)
     fig.update_xaxes(title_text="position" if unit == "pos" else "unit", row=len(hooks), col=1)
     direction = da.attrs.get("direction")
-    default = f"{da.attrs.get('kind', 'patching').replace('_', ' ')}: {metric}" + (f" ({direction})" if direction else "")
+    kind = da.attrs.get("kind", "patching").replace("_", " ")
+    default = f"{kind}: {label}" + (f" ({direction})" if direction else "")
     note = exclusion_note(da, metric)
     title = title or default
     if note:  # in the title, so that whoever restyles the figure keeps it
