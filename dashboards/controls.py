@@ -77,6 +77,18 @@ def apply_url(search: str | None):
     return run, _int(params, "example"), _int(params, "token")
 
 
+def url_options(ctx: Context, search: str | None):
+    """The run selector's options when a URL names a run that cannot be opened (refused,
+    incomplete, missing): listed, disabled, so that the selector keeps it and every page
+    says why. Dash 4's Dropdown clears a value missing from its options (a race with
+    ``apply_url`` on a page load). Nothing to change otherwise."""
+    run = url_run(search)
+    rows, _ = catalog.list_rows(ctx.reader)
+    if not run or run in {r.run_id for r in rows}:
+        return no_update
+    return [*catalog.run_options(rows), {"label": f"{run} [cannot be opened]", "value": run, "disabled": True}]
+
+
 def refresh_runs(ctx: Context, clicks, current):
     rows, _ = catalog.list_rows(ctx.reader)
     ids = {r.run_id for r in rows if r.openable}
@@ -124,8 +136,10 @@ def register(app, ctx: Context) -> None:
     ctx.callback(app, "apply_url",
                  [Output("run-select", "value", allow_duplicate=True),
                   Output("example-input", "value", allow_duplicate=True),
-                  Output("token-input", "value", allow_duplicate=True)],
-                 [Input("url", "search")], prevent_initial_call="initial_duplicate")(apply_url)
+                  Output("token-input", "value", allow_duplicate=True),
+                  Output("run-select", "options", allow_duplicate=True)],
+                 [Input("url", "search")], prevent_initial_call="initial_duplicate",
+                 )(lambda search: (*apply_url(search), url_options(ctx, search)))
     ctx.callback(app, "refresh_runs",
                  [Output("run-select", "options"), Output("run-select", "value", allow_duplicate=True)],
                  [Input("runs-refresh", "n_clicks")], [State("run-select", "value")],

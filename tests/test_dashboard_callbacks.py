@@ -208,9 +208,12 @@ def test_changing_the_run_changes_the_figures(cbs):
 
 
 def test_selectors_follow_the_url_and_the_run(ctx, cbs):
-    assert cbs["apply_url"]("?run=sample/bmojo&example=2&token=7") == ("sample/bmojo", 2, 7)
-    run, example, token = cbs["apply_url"]("?run=sample/mamba")
+    assert cbs["apply_url"]("?run=sample/bmojo&example=2&token=7") == ("sample/bmojo", 2, 7, controls.no_update)
+    run, example, token, options = cbs["apply_url"]("?run=sample/mamba")
     assert run == "sample/mamba" and example is controls.no_update and token is controls.no_update
+    # a run that cannot be opened stays selectable-but-disabled, so the selector keeps it
+    *_, options = cbs["apply_url"]("?run=../../etc")
+    assert {"label": "../../etc [cannot be opened]", "value": "../../etc", "disabled": True} in options
     assert cbs["sync_example"]("sample/mamba", 9) == (2, 0, 63)  # 3 examples: 9 is out of range
     assert cbs["default_token"]("sample/mamba", 0, 500) == ctx.reader.example("sample/mamba", 0).roles["query"][0]
     assert tokens.clicked_position({"points": [{"customdata": 12}]}) == 12

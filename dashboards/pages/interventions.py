@@ -18,10 +18,10 @@ import pandas as pd
 from dash import Input, Output, State, dash_table, html
 
 from ssmlens.dashboards import catalog, figures, results, tables
-from ssmlens.probes.figures import exclusion_note
 from ssmlens.dashboards.components import control, dropdown, fig_id, figure_card, page_header, radio, row, status
 from ssmlens.dashboards.context import Context, status_message
 from ssmlens.dashboards.reader import Reader, RunAccessError
+from ssmlens.probes.figures import exclusion_note  # plotly and xarray only: no torch at request time
 
 NAME = "interventions"
 PATH = "/interventions"
