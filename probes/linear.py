@@ -47,10 +47,12 @@ from ssmlens.interp.tasks.base import TaskBatch
 METRICS = ("train_acc", "test_acc", "control_acc", "selectivity", "chance", "majority", "control_informative")
 
 
+METHODS = ("ridge", "logistic")
+
+
 class UninformativeControl(UserWarning):
     """A control task with one label on the training split (the probed token never
     varies): its accuracy and the selectivity say nothing about the probe."""
-METHODS = ("ridge", "logistic")
 
 
 # ---- the probe -----------------------------------------------------------------------
@@ -462,12 +464,12 @@ def sweep_table(da: xr.DataArray):
         cells = ["hook", "layer", "position"]
         flags = df[df["metric"] == flag].set_index(cells)["value"]
         df = df[df["metric"] != flag]
-        df[flag] = [not (f == 0) for f in flags.reindex(pd.MultiIndex.from_frame(df[cells])).to_numpy()]
+        df = df.assign(**{flag: [not (f == 0) for f in flags.reindex(pd.MultiIndex.from_frame(df[cells])).to_numpy()]})
     return df.dropna(subset=["value"]).reset_index(drop=True)
 
 
 __all__ = [
-    "METHODS", "METRICS", "LinearProbe", "ProbeResult", "UninformativeControl", "control_labels", "fit", "fit_logistic",
-    "fit_probe", "fit_ridge", "flatten_features", "gather_positions", "positions_index", "probe_sweep",
+    "METHODS", "METRICS", "LinearProbe", "ProbeResult", "UninformativeControl", "control_labels", "fit",
+    "fit_logistic", "fit_probe", "fit_ridge", "flatten_features", "gather_positions", "positions_index", "probe_sweep",
     "resolve_hooks", "sweep_table", "target_labels", "train_test_split",
 ]

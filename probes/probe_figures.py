@@ -143,7 +143,7 @@ def probe_heatmap(da: xr.DataArray, hook: str | None = None, metric: str = "test
             z=np.where(flags, 1.0, np.nan), x=xs, y=ys, name="uninformative", showscale=False,
             colorscale=[[0, "#d9d9d9"], [1, "#d9d9d9"]], text=np.where(flags, "uninformative", ""),
             texttemplate="%{text}", hovertemplate="layer %{y}<br>position %{x}<br>control task uninformative: "
-                                                  "the token here never varies<extra></extra>"))
+                                                  "one control label here<extra></extra>"))
         title = f"{title}<br><sup>{_uninformative_note(sub.expand_dims(hook=[hook]))}</sup>"
     fig.update_layout(title=title, xaxis_title="position", yaxis_title="layer", template="plotly_white")
     fig.update_xaxes(type="category")
