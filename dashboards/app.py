@@ -40,8 +40,14 @@ def shell(ctx: Context) -> html.Div:
     ])
 
 
-def route(ctx: Context, pathname: str | None, run: str | None):
-    """The page for ``pathname`` (built for the selected run) and the nav link classes."""
+def route(ctx: Context, pathname: str | None, run: str | None, search: str | None = None):
+    """The page for ``pathname`` and the nav link classes. The page is built for the run
+    that the URL names (``?run=``), else the selected one: on a page load the selector
+    still holds the default run while ``apply_url`` sets the URL's, and a page built for
+    the default run would offer that run's results to the URL's run."""
+    url_run = controls.url_run(search)
+    if url_run:
+        run = url_run
     page = page_for(pathname or "/")
     classes = ["active" if p is page else "" for p in PAGES]
     if page is None:
@@ -60,8 +66,8 @@ def create_app(runs_dir: str | os.PathLike, *, title: str = "ssmlens") -> Dash:
     ctx.callback(
         app, "router",
         [Output("page-content", "children"), *[Output(f"nav-{p.NAME}", "className") for p in PAGES]],
-        [Input("url", "pathname")], [State("run-select", "value")],
-    )(lambda path, run: route(ctx, path, run))
+        [Input("url", "pathname")], [State("run-select", "value"), State("url", "search")],
+    )(lambda path, run, search: route(ctx, path, run, search))
     controls.register(app, ctx)
     for page in PAGES:
         page.register(app, ctx)

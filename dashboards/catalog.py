@@ -14,7 +14,9 @@ from typing import Any
 from ssmlens.dashboards.reader import Reader, RunAccessError
 from ssmlens.interp.store import StoreError, list_runs
 
-ACCURACY_KEYS = ("accuracy", "acc", "test_acc", "eval_acc", "val_acc", "answer_acc")
+# metrics keys that hold the model's accuracy, first found wins; "clean_accuracy" is what
+# patching studies and `ssmlens patch` record (the answer accuracy of the unpatched clean run)
+ACCURACY_KEYS = ("accuracy", "acc", "test_acc", "eval_acc", "val_acc", "answer_acc", "clean_accuracy")
 MODEL_KEYS = ("model_type", "model", "model_name", "architecture")
 
 

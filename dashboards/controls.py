@@ -62,6 +62,12 @@ def _int(values: dict, key: str):
         return no_update
 
 
+def url_run(search: str | None) -> str | None:
+    """The run a URL's query names (``?run=demo/mamba``), or None."""
+    values = parse_qs((search or "").lstrip("?")).get("run")
+    return values[0] if values else None
+
+
 def apply_url(search: str | None):
     """``?run=&example=&token=`` -> the selectors (each left alone when absent)."""
     params = parse_qs((search or "").lstrip("?"))
@@ -69,6 +75,18 @@ def apply_url(search: str | None):
         raise PreventUpdate
     run = params["run"][0] if params.get("run") else no_update
     return run, _int(params, "example"), _int(params, "token")
+
+
+def url_options(ctx: Context, search: str | None):
+    """The run selector's options when a URL names a run that cannot be opened (refused,
+    incomplete, missing): listed, disabled, so that the selector keeps it and every page
+    says why. Dash 4's Dropdown clears a value missing from its options (a race with
+    ``apply_url`` on a page load). Nothing to change otherwise."""
+    run = url_run(search)
+    rows, _ = catalog.list_rows(ctx.reader)
+    if not run or run in {r.run_id for r in rows}:
+        return no_update
+    return [*catalog.run_options(rows), {"label": f"{run} [cannot be opened]", "value": run, "disabled": True}]
 
 
 def refresh_runs(ctx: Context, clicks, current):
@@ -118,8 +136,10 @@ def register(app, ctx: Context) -> None:
     ctx.callback(app, "apply_url",
                  [Output("run-select", "value", allow_duplicate=True),
                   Output("example-input", "value", allow_duplicate=True),
-                  Output("token-input", "value", allow_duplicate=True)],
-                 [Input("url", "search")], prevent_initial_call="initial_duplicate")(apply_url)
+                  Output("token-input", "value", allow_duplicate=True),
+                  Output("run-select", "options", allow_duplicate=True)],
+                 [Input("url", "search")], prevent_initial_call="initial_duplicate",
+                 )(lambda search: (*apply_url(search), url_options(ctx, search)))
     ctx.callback(app, "refresh_runs",
                  [Output("run-select", "options"), Output("run-select", "value", allow_duplicate=True)],
                  [Input("runs-refresh", "n_clicks")], [State("run-select", "value")],

@@ -328,23 +328,37 @@ class Reader:
     # -- checkpoint -----------------------------------------------------------------------------
 
     def weights_path(self, run_id: str) -> Path:
-        """The run's ``model.safetensors`` (from the ``checkpoint`` run attribute)."""
+        """The run's ``model.safetensors`` (from the ``checkpoint`` run attribute), which
+        must lie inside the runs directory, as run ids must: a relative path is read
+        against the runs directory, then against its parent (``ssmlens demo`` records
+        ``runs/...`` from the directory above ``runs/``); an absolute one must point
+        inside. Any other (``/etc/passwd``, ``../x``, a symbolic link leading out) is
+        refused with a RunAccessError before a byte of it is read."""
         ckpt = self.open(run_id).checkpoint
         path = ckpt.get("path") if isinstance(ckpt, dict) else ckpt
         if not path:
             raise RunAccessError(f"run {run_id!r} records no checkpoint, so A (and the memory "
                                  "horizon 1/(Δ·|A|)) is unavailable")
-        p = Path(str(path)).expanduser()
-        if not p.is_absolute():  # relative to the working directory the run was written from,
-            for base in (Path.cwd(), self.root, self.root.parent):  # else to the runs directory
-                if (base / p).exists():
-                    p = base / p
-                    break
-        if p.is_dir():
-            p = p / "model.safetensors"
-        if not p.is_file():
-            raise RunAccessError(f"the checkpoint of run {run_id!r} ({path}) is missing, so A is unavailable")
-        return p
+        text = str(path)
+        shown = text if len(text) <= 120 else text[:117] + "..."
+        p = PurePosixPath(text)
+        if "\x00" in text or "://" in text or text.startswith("~"):
+            raise RunAccessError(f"refused checkpoint {shown!r} of run {run_id!r}: only a file inside the runs "
+                                 f"directory {self.runs_dir} is read, so A is unavailable")
+        candidates = [Path(p)] if p.is_absolute() else [self.root / p, self.root.parent / p]
+        inside = [c.resolve() for c in candidates if self._inside(c.resolve())]
+        if not inside:
+            raise RunAccessError(f"refused checkpoint {shown!r} of run {run_id!r}: it lies outside the runs "
+                                 f"directory {self.runs_dir} (only files inside it are read), so A is unavailable")
+        found = next((c for c in inside if c.exists()), inside[0])
+        if found.is_dir():
+            found = found / "model.safetensors"
+        if not found.is_file():
+            raise RunAccessError(f"the checkpoint of run {run_id!r} ({shown}) is missing, so A is unavailable")
+        return found
+
+    def _inside(self, path: Path) -> bool:
+        return path == self.root or path.is_relative_to(self.root)
 
     def a_matrix(self, run_id: str, layer: int) -> np.ndarray:
         """Mamba's A = −exp(A_log) ``[d_inner, d_state]`` of one layer, float64."""

@@ -2,7 +2,8 @@
 screenshots: tiny random Mamba, Transformer and B'MOJO models run with
 ``run_with_cache`` on an MQAR batch, written with ``ssmlens.interp.store`` like the demo's runs
 (batch, activation cache, checkpoint, metrics, patching / attribution / probe results
-and an ablation table).
+and an ablation table); ``write_study_runs`` adds runs written by the demo's own patching
+study (``ssmlens.probes.study``) for tiny random models.
 
 This is tooling, not request-time code: it builds torch models, which the dashboard
 itself never does. ``python -m dashboards.sample_store DIR`` writes one.
@@ -202,6 +203,34 @@ def write_sample_store(root: str | Path, *, models=("mamba", "transformer", "bmo
     return [write_one(root, prefix, m, n_layers=n_layers, seq_len=seq_len, n_examples=n_examples,
                       d_model=d_model, vocab=vocab, n_pairs=n_pairs, seed=seed, patch_positions=patch_positions)
             for m in models]
+
+
+STUDY_TASK = {"n_keys": 8, "n_values": 8, "n_pairs": 3}  # AR, 11 tokens: a patching study in seconds
+
+
+def write_study_runs(root: str | Path, *, models=("bmojo", "mamba", "transformer"), prefix: str = "demo",
+                     n_examples: int = 4, d_model: int = 16, seed: int = 0) -> list[str]:
+    """Runs written as ``ssmlens demo`` writes them (``ssmlens.probes.study.run_patching_study``:
+    patching by position and role, attribution, a cached clean run, the checkpoint) for
+    tiny random models saved under ``root/checkpoints/<prefix>/``; returns the run ids."""
+    from ssmlens.interp.tasks.registry import make_task as task_of
+    from ssmlens.probes.study import run_patching_study
+
+    root = Path(root)
+    vocab = task_of("ar", **STUDY_TASK).vocab_size
+    ids = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # models this small only lose time to threads on a shared machine
+    try:
+        for name in models:
+            model = build(name, vocab, d_model, 2, seed + zlib.crc32(name.encode()) % 10_000).eval()
+            ckpt = model.save(root / "checkpoints" / prefix / name)
+            run_patching_study(ckpt, root / prefix / name, STUDY_TASK, n_examples, task="ar", seed=seed,
+                               cache_examples=n_examples, overwrite=True, progress=False)
+            ids.append(f"{prefix}/{name}")
+    finally:
+        torch.set_num_threads(threads)
+    return ids
 
 
 def main(argv: list[str] | None = None) -> int:

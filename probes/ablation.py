@@ -14,6 +14,10 @@ Value ablations of a hook (optionally only at some positions, along the hook's
   π(i) of the same batch (π a seeded permutation without fixed points), or of a
   random row of an explicit reference batch. Computed by one extra clean forward.
 
+A hook the model lacks but other models have (``mixer.hook_ssm_state`` on a
+Transformer, ``blocks.5.*`` on a 2-layer model) raises ``NotApplicable`` (an ablation
+study marks the cell n/a); a misspelt hook raises the unknown-hook error.
+
 Structural ablations (defined precisely in ``ssmlens.probes.ablation_structural``):
 ``no_conv`` (the short conv reduced to its last tap, so ``hook_conv`` depends on the
 current position only), ``clamp_delta`` (Δ := a constant), ``freeze_delta`` (Δ := its
@@ -39,7 +43,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor
 
-from ssmlens.interp.hook_names import dims_for
+from ssmlens.interp.hook_names import HOOK_DIMS, dims_for, hook_suffix
 from ssmlens.interp.tasks.base import TaskBatch
 from ssmlens.probes.ablation_base import (
     Ablation, AblationError, BoundAblation, Hooks, HookFn, NotApplicable, _device, _fmt, _tokens,
@@ -89,6 +93,19 @@ def _derangement(n: int, seed: int) -> Tensor:
     return perm[(inv + shift) % n]
 
 
+def check_hook(model, hook: str, label: str) -> None:
+    """A hook the model lacks: ``NotApplicable`` when it is a hook of the vocabulary
+    (DESIGN §2: another architecture's, or a layer this model does not have), so that a
+    study over several models marks the cell n/a; otherwise (a misspelt name) the
+    unknown-hook error with the closest names."""
+    if hook in model.hook_dict:
+        return
+    if hook_suffix(hook) in HOOK_DIMS:
+        kind = type(model).__name__
+        raise NotApplicable(f"{label}: {kind} has no {hook} (a hook of other models, or a layer it does not have)")
+    model.check_names([hook])
+
+
 @torch.no_grad()
 def _clean_values(model, tokens: Tensor, hook: str, batch_size: int = 256) -> Tensor:
     parts = []
@@ -128,7 +145,7 @@ class HookAblation(Ablation):
         return f"{self.kind}:{self.hook}{where}"
 
     def bind(self, model, batch=None) -> BoundAblation:
-        model.check_names([self.hook])
+        check_hook(model, self.hook, self.label)
         if batch is None:
             raise AblationError(f"{self.label} needs the batch it will run on")
         tokens = _tokens(batch)

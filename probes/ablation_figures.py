@@ -3,7 +3,9 @@
 ``ablation_bar_chart(table, metric="acc")``: grouped bars, one group per ablation and
 one colour per model, one panel per task; ``relative=True`` plots the change from
 each model's unablated cell ("none") instead, so the drop an ablation causes reads
-directly. Returns a ``plotly.graph_objects.Figure``.
+directly. Cells marked not applicable (status "n/a": the ablation removes something
+the model does not have) are drawn as an empty bar labelled "n/a", never as a value.
+Returns a ``plotly.graph_objects.Figure``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ def ablation_bar_chart(table: pd.DataFrame, metric: str = "acc", *, relative: bo
     if missing:
         raise ValueError(f"an ablation table needs columns {NEEDED}; missing {missing}")
     df = table[table["metric"] == metric]
+    marked = df[df["status"] == "n/a"] if "status" in df.columns else df.iloc[:0]
+    na = set(zip(marked["model"], marked["task"], marked["ablation"]))  # cells not applicable
     if df.empty:
         raise ValueError(f"no rows for metric {metric!r}; metrics: {sorted(table['metric'].unique())}")
     task_list = list(dict.fromkeys(df["task"])) if tasks is None else list(tasks)
@@ -45,10 +49,15 @@ def ablation_bar_chart(table: pd.DataFrame, metric: str = "acc", *, relative: bo
         for i, model in enumerate(model_list):
             part = df[(df["task"] == task) & (df["model"] == model)].set_index("ablation")["value"]
             part = part[~part.index.duplicated(keep="last")]
+            not_app = [(model, task, a) in na for a in ablations]
+            values = [part.get(a, float("nan")) for a in ablations]
+            # an n/a cell: a zero-height bar whose label says so (a NaN bar would carry no label)
             fig.add_trace(go.Bar(
-                x=ablations, y=[part.get(a, float("nan")) for a in ablations], name=str(model),
-                legendgroup=str(model), showlegend=col == 1, marker_color=colors[i % len(colors)],
-                hovertemplate=f"{model}<br>%{{x}}<br>{metric}: %{{y:.4f}}<extra></extra>",
+                x=ablations, y=[0.0 if n else v for v, n in zip(values, not_app)],
+                text=["n/a" if n else "" for n in not_app], textposition="outside", cliponaxis=False,
+                customdata=["n/a (not applicable to this model)" if n else f"{v:.4f}" for v, n in zip(values, not_app)],
+                name=str(model), legendgroup=str(model), showlegend=col == 1, marker_color=colors[i % len(colors)],
+                hovertemplate=f"{model}<br>%{{x}}<br>{metric}: %{{customdata}}<extra></extra>",
             ), row=1, col=col)
     label = f"Δ {metric} vs {baseline}" if relative else metric
     fig.update_layout(barmode="group", template="plotly_white", legend={"title": "model"},

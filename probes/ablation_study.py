@@ -25,15 +25,20 @@ A study is an ``AblationStudy`` (Python) or a YAML file (``load_study``)::
 
 ``run_study(study, out)`` evaluates every cell (model, task, ablation) with a tqdm
 progress bar and returns the table with columns ``model, task, ablation, metric,
-value, n`` (n: the answers, or examples for seq_acc, the value averages over). With
+value, n, status`` (n: the answers, or examples for seq_acc, the value averages over;
+status: "ok", "n/a" for a cell whose ablation does not apply to its model, or
+"failed"). With
 ``out`` it writes a run store: each finished cell at once as a table
 ``ablation_parts/<k>`` (so an interrupted study keeps its cells), then the whole
 table ``ablation`` and arrays ``ablation/<metric>`` with dims ``(model, task,
 ablation)``. Re-running into the same ``out`` reads the finished cells from that run
 (complete or not) and evaluates only the others; when none is left, nothing is
 loaded, evaluated or rewritten. Cells whose ablation does not apply to a model
-(no_memory on Mamba) are skipped with an ``AblationSkipped`` warning, listed in the
-run's metrics and in ``table.attrs["skipped"]``, and not retried on re-runs.
+(no_memory on Mamba; a value ablation of ``mixer.hook_ssm_state`` on a Transformer)
+are not evaluated: an ``AblationSkipped`` warning, rows with status "n/a", value NaN
+and n 0 in the table (NaN in the arrays, "n/a" in the figure), the reasons in the
+run's metrics and ``table.attrs["skipped"]``; the study goes on, and re-runs do not
+retry them.
 
 Each cell is an engine cell (``ssmlens.probes.ablation_cell``, ``ssmlens.interp.engines``):
 ``run_study(study, out, engine={"engine": "ray", "gpus_per_task": 0.25})`` evaluates them
@@ -59,7 +64,8 @@ from ssmlens.probes.ablation_spec import (
     STUDY_METRICS, AblationStudy, ModelSpec, StudyError, TaskSpec, load_study, study_from_dict,
 )
 
-COLUMNS = ["model", "task", "ablation", "metric", "value", "n"]
+COLUMNS = ["model", "task", "ablation", "metric", "value", "n", "status"]
+OK, NOT_APPLICABLE, FAILED = "ok", "n/a", "failed"  # the status column
 TABLE = "ablation"
 PARTS = "ablation_parts"
 
@@ -97,7 +103,7 @@ def evaluate_cell(model, batch, ablation: Ablation, metrics, batch_size: int = 1
             if name in sums:
                 sums[name][0] += s
                 sums[name][1] += n
-    return [{"metric": m, "value": s / n if n else math.nan, "n": int(n)} for m, (s, n) in sums.items()]
+    return [{"metric": m, "value": s / n if n else math.nan, "n": int(n), "status": OK} for m, (s, n) in sums.items()]
 
 
 # ---- the runner -----------------------------------------------------------------------------
@@ -125,7 +131,21 @@ def _previous(out) -> tuple[pd.DataFrame, list[dict], bool, bool]:
     failed = {(f["model"], f["task"], f["ablation"]) for f in run.metrics.get("failed") or []}
     if failed:  # the NaN rows of failed cells: those cells are evaluated again
         df = df[[k not in failed for k in zip(df["model"], df["task"], df["ablation"])]]
-    return df[COLUMNS], list(run.metrics.get("skipped") or []), True, run.is_complete
+    skipped = list(run.metrics.get("skipped") or [])
+    if "status" not in df.columns:  # written before the status column: every row was evaluated
+        df["status"] = OK
+    listed = set(zip(df["model"], df["task"], df["ablation"]))
+    missing = [s for s in skipped if (s["model"], s["task"], s["ablation"]) not in listed]
+    if missing:  # (older runs kept skipped cells out of the table)
+        metrics = list(dict.fromkeys(df["metric"])) or list((run.config or {}).get("metrics") or [])
+        df = pd.concat([df, pd.DataFrame(_na_rows(missing, metrics))], ignore_index=True)
+    return _tidy(df), skipped, True, run.is_complete
+
+
+def _na_rows(cells: list[dict], metrics) -> list[dict]:
+    """Table rows of cells whose ablation does not apply: value NaN, n 0, status n/a."""
+    return [{"model": c["model"], "task": c["task"], "ablation": c["ablation"], "metric": m, "value": math.nan,
+             "n": 0, "status": NOT_APPLICABLE} for c in cells for m in metrics]
 
 
 def _finished(df: pd.DataFrame, metrics) -> set[tuple[str, str, str]]:
@@ -136,8 +156,8 @@ def _finished(df: pd.DataFrame, metrics) -> set[tuple[str, str, str]]:
 
 
 def _tidy(df: pd.DataFrame) -> pd.DataFrame:
-    df = df[COLUMNS].copy()
-    for c in ("model", "task", "ablation", "metric"):
+    df = df.assign(status=df["status"] if "status" in df.columns else OK)[COLUMNS].copy()
+    for c in ("model", "task", "ablation", "metric", "status"):
         df[c] = df[c].astype(str)
     df["value"] = df["value"].astype(float)
     df["n"] = df["n"].astype(np.int64)
@@ -207,14 +227,17 @@ def run_study(study: AblationStudy | dict | str | Path, out=None, *, progress: b
                 failed.append({**where, "error": outcome.error})
                 if writer is not None:
                     writer.set_metrics(failed=failed)
-            elif "skipped" in outcome.result:
-                warnings.warn(f"skipping {m_name} / {t_name} / {label}: {outcome.result['skipped']}",
-                              AblationSkipped, stacklevel=2)
-                skipped.append({**where, "reason": outcome.result["skipped"]})
-                if writer is not None:
-                    writer.set_metrics(skipped=skipped)
             else:
-                rows = [{**where, **r} for r in outcome.result["rows"]]
+                if "skipped" in outcome.result:
+                    warnings.warn(f"not applicable, marked n/a: {m_name} / {t_name} / {label}: "
+                                  f"{outcome.result['skipped']}", AblationSkipped, stacklevel=2)
+                    cell = {**where, "reason": outcome.result["skipped"]}
+                    skipped.append(cell)
+                    if writer is not None:
+                        writer.set_metrics(skipped=skipped)
+                    rows = _na_rows([cell], study.metrics)
+                else:
+                    rows = [{**where, **r} for r in outcome.result["rows"]]
                 new_rows.extend(rows)
                 if writer is not None:
                     writer.write_table(f"{PARTS}/{part:05d}", _tidy(pd.DataFrame(rows)))
@@ -229,7 +252,8 @@ def run_study(study: AblationStudy | dict | str | Path, out=None, *, progress: b
         finally:
             forget()
         # a failed cell is listed and its values are NaN; a re-run evaluates it again
-        new_rows += [{**f, "metric": m, "value": math.nan, "n": 0} for f in failed for m in study.metrics]
+        new_rows += [{**f, "metric": m, "value": math.nan, "n": 0, "status": FAILED} for f in failed
+                     for m in study.metrics]
         redone = {(r["model"], r["task"], r["ablation"]) for r in new_rows}
         keep = prev[[k not in redone for k in zip(prev["model"], prev["task"], prev["ablation"])]] \
             if not prev.empty else prev

@@ -19,7 +19,10 @@ the base run's best other token, held fixed), ``p_answer`` or ``logp_answer``,
 averaged over examples. Result dims ``(metric, hook, layer, pos | role)`` with
 metric ``delta`` (estimated ΔM) and ``restored``, the estimated restored fraction
 (M_base + ΔM − M_corr) / (M_clean − M_corr) of the same metric, comparable to
-``patching_sweep``'s ``restored`` (for ``p_answer``) and ``restored_logit_diff``.
+``patching_sweep``'s ``restored`` (for ``p_answer``) and ``restored_logit_diff``, and
+NaN under the same rule (``ssmlens.probes.metrics``: the gap of the clean and corrupted
+batch means below ``min_gap``); ``attrs["restored_excluded"]`` counts the examples left
+without it (all or none: the denominator is the batch means' gap, also per example).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from torch import Tensor
 
 from ssmlens.interp.tasks.base import TaskBatch
 from ssmlens.probes.batched import site_pos_axis
-from ssmlens.probes.metrics import query_logits, restored_fraction
+from ssmlens.probes.metrics import excluded_count, min_gap, nanmean, query_logits, restored_fraction
 from ssmlens.probes.patching import Direction, SweepSetup, assemble
 from ssmlens.probes.positions import PositionSpec, position_labels
 
@@ -101,15 +104,19 @@ def attribution_patching(
             picked = contrib.gather(1, idx.clamp(min=0))
             delta[i, u] = (picked * valid).sum(1)
 
-    m_base = per_ex.detach().double()
-    ref_clean = setup.refs["clean"][metric].mean()
-    ref_corr = setup.refs["corrupted"][metric].mean()
+    # examples without a query have no metric: NaN, skipped by the means
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    has_query = (spec.answer >= 0).any(-1)
+    m_base = torch.where(has_query, per_ex.detach().double(), nan)
+    clean_rows, corr_rows = setup.refs["clean"][metric], setup.refs["corrupted"][metric]
+    ref_clean, ref_corr = nanmean(clean_rows), nanmean(corr_rows)
+    gap = min_gap(clean_rows, corr_rows)  # the denominator is the batch means' gap in both modes
     if per_example:
-        restored = restored_fraction(m_base + delta, ref_clean, ref_corr)
+        restored = restored_fraction(m_base + delta, ref_clean, ref_corr, gap)
         values = {"delta": delta, "restored": restored}
     else:
-        d = delta.mean(-1)
-        values = {"delta": d, "restored": restored_fraction(m_base.mean() + d, ref_clean, ref_corr)}
+        d = nanmean(torch.where(has_query, delta, nan))
+        values = {"delta": d, "restored": restored_fraction(nanmean(m_base) + d, ref_clean, ref_corr, gap)}
     attrs = {
         "kind": "attribution_patching",
         "metric": metric,
@@ -118,9 +125,11 @@ def attribution_patching(
         "task": clean.task,
         "positions": repr(positions),
         "hook_names": [s.name for s in sites],
-        "base_metric": float(m_base.mean()),
+        "base_metric": float(nanmean(m_base)),
         "clean_metric": float(ref_clean),
         "corrupted_metric": float(ref_corr),
+        "restored_min_gap": gap,
+        "restored_excluded": excluded_count(clean_rows, corr_rows, gap, per_example=False),
     }
     if setup.units.dim == "pos":
         labels = position_labels(setup.base)

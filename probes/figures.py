@@ -5,7 +5,8 @@ store: ``open_run(url).result("patching/resid_pre")``) and returns a
 ``plotly.graph_objects.Figure``; none needs torch or the model.
 
 - ``patching_heatmap``: a metric (default: restored fraction) over layer × position
-  (or role), one panel per hook kind, positions labelled by their tokens/roles.
+  (or role), one panel per hook kind, positions labelled by their tokens/roles; the
+  title says how many examples a restored fraction excluded (``exclusion_note``).
 - ``attribution_heatmap``: the same for attribution patching (``delta`` or ``restored``).
 - ``interchange_bars``: interchange accuracy per unit, bars per hook site, with the
   no-intervention baseline as a line.
@@ -54,6 +55,20 @@ def unit_labels(da: xr.DataArray) -> list[str]:
     return units
 
 
+def exclusion_note(da: xr.DataArray, metric: str | None) -> str | None:
+    """What a restored fraction leaves out, from the result's ``attrs`` (``<metric>_excluded``,
+    ``<metric>_min_gap``: ``ssmlens.probes.metrics``): "3 of 16 examples excluded (…)",
+    "undefined (…)" when no example keeps a ratio, None when nothing was excluded."""
+    excluded = da.attrs.get(f"{metric}_excluded")
+    if not excluded:
+        return None
+    n, gap = da.attrs.get("n_examples"), da.attrs.get(f"{metric}_min_gap")
+    why = f"clean − corrupted gap below {float(gap):.3g}" if gap is not None else "clean ≈ corrupted"
+    if n is not None and int(excluded) >= int(n):
+        return f"{metric} undefined: the corruption barely moves its metric ({why})"
+    return f"{metric}: {int(excluded)} of {n if n is not None else '?'} examples excluded ({why})"
+
+
 def _layer_labels(da: xr.DataArray) -> list[str]:
     layers = da["layer"].values if "layer" in da.coords else range(da.sizes["layer"])
     return ["embed" if int(l) < 0 else f"L{int(l)}" for l in layers]
@@ -87,17 +102,23 @@ def _heatmap(da: xr.DataArray, metric: str | None, hook: str | None, title: str 
         bound = float(np.abs(finite).max()) or 1.0
         zrange = (-bound, bound)
     ylabels = _layer_labels(sel)
+    label = metric or str(da.attrs.get("metric") or "value")  # a result without a metric axis names it in attrs
     for row, (h, z) in enumerate(zip(hooks, values), start=1):
         fig.add_trace(go.Heatmap(
             z=z, x=x, y=ylabels, zmin=zrange[0], zmax=zrange[1], colorscale="RdBu", reversescale=True,
             colorbar=dict(title=metric or ""), showscale=row == 1,
-            hovertemplate=f"{h or ''} %{{y}} @ %{{x}}<br>{metric}=%{{z:.4f}}<extra></extra>"), row=row, col=1)
+            hovertemplate=f"{h or ''} %{{y}} @ %{{x}}<br>{label}=%{{z:.4f}}<extra></extra>"), row=row, col=1)
         fig.update_yaxes(title_text="layer", row=row, col=1)
     unit = _unit_dim(sel)
     fig.update_xaxes(title_text="position" if unit == "pos" else "unit", row=len(hooks), col=1)
     direction = da.attrs.get("direction")
-    default = f"{da.attrs.get('kind', 'patching').replace('_', ' ')}: {metric}" + (f" ({direction})" if direction else "")
-    fig.update_layout(title=title or default, height=220 + 180 * len(hooks), template="plotly_white")
+    kind = da.attrs.get("kind", "patching").replace("_", " ")
+    default = f"{kind}: {label}" + (f" ({direction})" if direction else "")
+    note = exclusion_note(da, metric)
+    title = title or default
+    if note:  # in the title, so that whoever restyles the figure keeps it
+        title = f"{title}<br><sup>{note}</sup>"
+    fig.update_layout(title=title, height=220 + 180 * len(hooks), template="plotly_white")
     return fig
 
 

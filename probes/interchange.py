@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from ssmlens.interp.tasks.base import TaskBatch
 from ssmlens.probes.batched import run_interventions, site_pos_axis
-from ssmlens.probes.metrics import AnswerSpec, answer_spec, baseline, query_logits, row_metrics
+from ssmlens.probes.metrics import AnswerSpec, answer_spec, baseline, nanmean, query_logits, row_metrics
 from ssmlens.probes.patching import assemble
 from ssmlens.probes.positions import HookSite, PositionSpec, expand_hooks, resolve_positions
 
@@ -156,7 +156,7 @@ def interchange_sweep(
         combine=None if q is None else (lambda site, b, s: swap_in_subspace(b, s, q)),
         chunk_rows=chunk_rows, memory_mb=memory_mb, causal=causal, skip_noop=skip_noop, resume=resume,
         progress=progress)
-    values = {_RENAME[k]: v.mean(-1) for k, v in res.rows.items() if k in _RENAME}
+    values = {_RENAME[k]: nanmean(v) for k, v in res.rows.items() if k in _RENAME}  # examples without a query: NaN
     base_ref = baseline(res.base)
     attrs = {
         "kind": "interchange",

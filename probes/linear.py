@@ -13,20 +13,28 @@ Features are standardized with train statistics. ``fit_probe`` adds the split an
 the control task of Hewitt & Liang (2019): every token *type* (the input token at the
 probed position) gets a random label drawn from the empirical label distribution,
 the same probe is fitted on those labels, and selectivity = test acc − control acc.
+Where the control labels of the training split take a single value (the probed
+position's token never varies, e.g. ``<bos>``), the control probe predicts a constant
+and scores 1.0 whatever the activations hold: such a cell is *uninformative*
+(``control_informative`` 0, selectivity NaN, an ``UninformativeControl`` warning), and
+the figures mark it rather than draw a number.
 
 ``probe_sweep(model_or_cache, batch, hooks, target, positions)`` fits one probe per
 hook × layer × position and returns an ``xarray.DataArray`` with dims
-``(hook, layer, position, metric)``.
+``(hook, layer, position, metric)``; metric ``control_informative`` is 1 where the
+control task means something and 0 where it cannot (see above).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 import xarray as xr
@@ -36,8 +44,15 @@ from torch import Tensor
 from ssmlens.interp.hook_names import dims_for, hook_layer, hook_suffix
 from ssmlens.interp.tasks.base import TaskBatch
 
-METRICS = ("train_acc", "test_acc", "control_acc", "selectivity", "chance", "majority")
+METRICS = ("train_acc", "test_acc", "control_acc", "selectivity", "chance", "majority", "control_informative")
+
+
 METHODS = ("ridge", "logistic")
+
+
+class UninformativeControl(UserWarning):
+    """A control task with one label on the training split (the probed token never
+    varies): its accuracy and the selectivity say nothing about the probe."""
 
 
 # ---- the probe -----------------------------------------------------------------------
@@ -179,11 +194,12 @@ class ProbeResult:
     n_train: int = 0
     n_test: int = 0
     n_classes: int = 0
+    control_informative: bool = True  # False: the control labels were one constant (module docstring)
     probe: LinearProbe | None = field(default=None, repr=False)
 
     @property
     def selectivity(self) -> float:
-        return self.test_acc - self.control_acc
+        return self.test_acc - self.control_acc if self.control_informative else float("nan")
 
     def metrics(self) -> dict[str, float]:
         return {m: float(getattr(self, m)) for m in METRICS}
@@ -191,13 +207,15 @@ class ProbeResult:
 
 def fit_probe(
     x: Tensor, y: Tensor, *, method: str = "ridge", test_frac: float = 0.25, seed: int = 0,
-    control: Tensor | None = None, split: tuple[Tensor, Tensor] | None = None, **fit_kw,
+    control: Tensor | None = None, split: tuple[Tensor, Tensor] | None = None, warn: bool = True, **fit_kw,
 ) -> ProbeResult:
     """Fit on a train split, score on the held-out split.
 
     x ``[n, ...]`` activations, y ``[n]`` integer labels. ``control``: token types
     ``[n]`` for the control task (None: no control). ``split``: explicit
-    (train, test) indices, else ``train_test_split(n, test_frac, seed)``.
+    (train, test) indices, else ``train_test_split(n, test_frac, seed)``. A control
+    task with a single label on the train split is flagged (``control_informative``
+    False, selectivity NaN) and, with ``warn``, an ``UninformativeControl`` warning.
     """
     x = flatten_features(x)
     y = torch.as_tensor(y).long().reshape(-1)
@@ -215,7 +233,18 @@ def fit_probe(
     if control is not None:
         yc = control_labels(torch.as_tensor(control).reshape(-1), y, seed)
         res.control_acc = fit(x[train], yc[train], method, **fit_kw).accuracy(x[test], yc[test])
+        res.control_informative = bool(yc[train].unique().numel() > 1)
+        if warn and not res.control_informative:
+            warnings.warn(f"control task uninformative: {_why_uninformative(control, train)}; control accuracy "
+                          f"{res.control_acc:.2f} and selectivity say nothing here", UninformativeControl,
+                          stacklevel=2)
     return res
+
+
+def _why_uninformative(types, train: Tensor) -> str:
+    n_types = torch.as_tensor(types).reshape(-1)[train].unique().numel()
+    return ("the probed token never varies (one token type)" if n_types == 1
+            else f"its {n_types} token types all drew the same control label")
 
 
 # ---- where to read, and what to predict ---------------------------------------------------
@@ -389,6 +418,7 @@ def probe_sweep(
         from tqdm.auto import tqdm
 
         jobs = tqdm(jobs, desc="probes")
+    uninformative: dict[str, str] = {}  # position label -> why (warned once, after the sweep)
     for name, j in jobs:
         pos = index[:, j]
         y = labels_all if labels_all.ndim == 1 else labels_all.gather(1, pos.clamp(min=0)[:, None])[:, 0]
@@ -397,10 +427,20 @@ def probe_sweep(
         if len(tr) < 2 or len(te) < 1:
             continue
         types = batch.tokens.gather(1, pos.clamp(min=0)[:, None])[:, 0] if control else None
-        res = fit_probe(acts[name][:, j], y, method=method, control=types, split=(tr, te), seed=seed, **fit_kw)
+        res = fit_probe(acts[name][:, j], y, method=method, control=types, split=(tr, te), seed=seed, warn=False,
+                        **fit_kw)
+        if control and not res.control_informative:
+            uninformative.setdefault(str(pos_labels[j]), _why_uninformative(types, tr))
         layer = -1 if hook_layer(name) is None else hook_layer(name)
         at = (kinds.index(hook_suffix(name)), layers.index(layer), j)
         data[at] = [res.metrics()[m] for m in METRICS]
+    if not control:
+        data[..., METRICS.index("control_informative")] = np.nan  # no control task: nothing to flag
+    if uninformative:
+        where = "; ".join(f"position {p}: {why}" for p, why in uninformative.items())
+        warnings.warn(f"control task uninformative at {len(uninformative)} position(s) ({where}): those cells "
+                      "are marked control_informative = 0 and have no selectivity", UninformativeControl,
+                      stacklevel=2)
     return xr.DataArray(
         data, dims=("hook", "layer", "position", "metric"),
         coords={"hook": kinds, "layer": layers, "metric": list(METRICS),
@@ -414,14 +454,22 @@ def probe_sweep(
 
 
 def sweep_table(da: xr.DataArray):
-    """The sweep as a tidy table: columns hook, layer, position, metric, value (NaN rows dropped)."""
+    """The sweep as a tidy table: columns hook, layer, position, metric, value (NaN rows
+    dropped), and ``control_informative`` (bool, per cell: False where the control task
+    cannot mean anything, so its control_acc is not to be read)."""
     df = da.to_dataframe(name="value").reset_index()
     df["position"] = df["position"].astype(str)
+    flag = "control_informative"
+    if flag in df["metric"].values:
+        cells = ["hook", "layer", "position"]
+        flags = df[df["metric"] == flag].set_index(cells)["value"]
+        df = df[df["metric"] != flag]
+        df = df.assign(**{flag: [not (f == 0) for f in flags.reindex(pd.MultiIndex.from_frame(df[cells])).to_numpy()]})
     return df.dropna(subset=["value"]).reset_index(drop=True)
 
 
 __all__ = [
-    "METHODS", "METRICS", "LinearProbe", "ProbeResult", "control_labels", "fit", "fit_logistic",
-    "fit_probe", "fit_ridge", "flatten_features", "gather_positions", "positions_index", "probe_sweep",
+    "METHODS", "METRICS", "LinearProbe", "ProbeResult", "UninformativeControl", "control_labels", "fit",
+    "fit_logistic", "fit_probe", "fit_ridge", "flatten_features", "gather_positions", "positions_index", "probe_sweep",
     "resolve_hooks", "sweep_table", "target_labels", "train_test_split",
 ]

@@ -20,9 +20,25 @@ Over a batch (``summarize``): the mean of each, and the restored fractions
     restored            = (p_patch − p_corr) / (p_clean − p_corr)      (of mean p_answer)
     restored_logit_diff = (LD_patch − LD_corr) / (LD_clean − LD_corr)  (of mean logit_diff)
 
-taken of batch means (per-example denominators can be ~0), NaN when the clean and
-corrupted means are equal. Noising (patching corrupted values into the clean run)
-uses the same formulas, so 1 means "no effect" and 0 "fully broken" there.
+taken of batch means, or per example with ``per_example``. Noising (patching corrupted
+values into the clean run) uses the same formulas, so 1 means "no effect" and 0
+"fully broken" there.
+
+A ratio is formed only where its denominator means something. A metric's scale is
+what the corruption does to it: ``s = mean_i |clean_i − corrupted_i|`` over the
+batch's examples, in the metric's own units (probability for ``restored``, logits for
+``restored_logit_diff``). A gap (per example, or of the batch means) below
+
+    min_gap = max(GAP_FRACTION · s, GAP_FLOOR)        GAP_FRACTION = 0.1, GAP_FLOOR = 1e-6
+
+gives NaN, not a number: an example the corruption barely moved, or a batch whose
+per-example effects cancel (a random model: logit-difference gaps of ±2 whose mean is
+0.06 gave ``restored_logit_diff`` of 25 and more). A kept ratio is then at most 10×
+its numerator measured in units of the corruption's typical effect; the floor keeps
+float32 noise out. ``exclusion_attrs`` gives ``<ratio>_min_gap`` and
+``<ratio>_excluded`` for a result's ``attrs``: the examples left without a ratio
+(counted per example; all valid examples when the ratio of batch means is undefined,
+else 0). Means over examples skip NaN.
 """
 
 from __future__ import annotations
@@ -36,7 +52,9 @@ from ssmlens.interp.tasks.base import TaskBatch
 
 ROW_METRICS = ("logit_diff", "p_answer", "logp_answer", "kl", "accuracy")
 METRICS = ("restored", "restored_logit_diff", "logit_diff", "p_answer", "logp_answer", "kl", "accuracy")
-_EPS = 1e-9
+RATIOS = {"restored": "p_answer", "restored_logit_diff": "logit_diff"}  # restored fraction -> its metric
+GAP_FRACTION = 0.1  # a denominator below this fraction of the corruption's mean effect gives NaN
+GAP_FLOOR = 1e-6  # ... and one below this in any case (float32 noise of logits of order 10)
 
 
 @dataclass
@@ -140,16 +158,52 @@ def row_metrics(logits_q: Tensor, answer: Tensor, alt: Tensor, ref_logp: Tensor 
     return {k: torch.where(count > 0, (v * valid).sum(-1) / count.clamp(min=1), float("nan")) for k, v in out.items()}
 
 
-def restored_fraction(patched: Tensor, clean: Tensor, corrupted: Tensor) -> Tensor:
-    """(patched − corrupted) / (clean − corrupted); NaN where clean ≈ corrupted."""
+def min_gap(clean: Tensor, corrupted: Tensor) -> float:
+    """The smallest |clean − corrupted| a restored fraction divides by (module docstring):
+    ``GAP_FRACTION`` of the mean |clean_i − corrupted_i| over the examples (rows ``[batch]``
+    of one metric; NaN rows skipped), and at least ``GAP_FLOOR``."""
+    scale = float(nanmean((clean.double() - corrupted.double()).abs().reshape(-1)))
+    return max(GAP_FRACTION * scale, GAP_FLOOR) if scale == scale else GAP_FLOOR
+
+
+def restored_fraction(patched: Tensor, clean: Tensor, corrupted: Tensor, min_gap: float = GAP_FLOOR) -> Tensor:
+    """(patched − corrupted) / (clean − corrupted); NaN where |clean − corrupted| is below
+    ``min_gap`` (or NaN)."""
     den = clean - corrupted
-    frac = (patched - corrupted) / torch.where(den.abs() > _EPS, den, torch.ones_like(den))
-    return torch.where(den.abs() > _EPS, frac, torch.full_like(frac, float("nan")))
+    ok = den.abs() >= min_gap
+    frac = (patched - corrupted) / torch.where(ok, den, torch.ones_like(den))
+    return torch.where(ok, frac, torch.full_like(frac, float("nan")))
 
 
-def _nanmean(x: Tensor, dim: int = -1) -> Tensor:
+def nanmean(x: Tensor, dim: int = -1) -> Tensor:
+    """Mean over ``dim`` skipping NaN (NaN where every value is NaN)."""
     ok = ~torch.isnan(x)
-    return torch.where(ok, x, 0).sum(dim) / ok.sum(dim).clamp(min=1)
+    count = ok.sum(dim)
+    mean = torch.where(ok, x, 0).sum(dim) / count.clamp(min=1)
+    return torch.where(count > 0, mean, torch.full_like(mean, float("nan")))
+
+
+def excluded_count(clean: Tensor, corrupted: Tensor, gap: float, per_example: bool) -> int:
+    """Examples left without a ratio, from the rows ``[batch]`` of one metric: those whose
+    own gap is below ``gap`` (``per_example``); else every valid example when the gap of
+    the batch means is below it, and none otherwise."""
+    diff = clean.double() - corrupted.double()
+    valid = ~torch.isnan(diff)
+    if per_example:
+        return int((valid & (diff.abs() < gap)).sum())
+    mean_gap = float(nanmean(clean.double()) - nanmean(corrupted.double()))
+    return 0 if abs(mean_gap) >= gap else int(valid.sum())
+
+
+def exclusion_attrs(clean: dict[str, Tensor], corrupted: dict[str, Tensor], per_example: bool) -> dict[str, float]:
+    """``{<ratio>_min_gap, <ratio>_excluded}`` for each restored fraction of ``RATIOS``, from
+    the reference runs' rows ``{metric: [batch]}``: what a result's ``attrs`` keep."""
+    out: dict[str, float] = {}
+    for ratio, base in RATIOS.items():
+        gap = min_gap(clean[base], corrupted[base])
+        out[f"{ratio}_min_gap"] = gap
+        out[f"{ratio}_excluded"] = excluded_count(clean[base], corrupted[base], gap, per_example)
+    return out
 
 
 def summarize(rows: dict[str, Tensor], clean: dict[str, Tensor], corrupted: dict[str, Tensor],
@@ -158,24 +212,23 @@ def summarize(rows: dict[str, Tensor], clean: dict[str, Tensor], corrupted: dict
 
     rows: ``{name: [..., batch]}``; clean / corrupted: ``{name: [batch]}`` of the two
     reference runs. Returns ``{metric: [...]}`` for every name of ``METRICS`` (batch
-    means), or ``[..., batch]`` with ``per_example`` (restored per example then).
+    means), or ``[..., batch]`` with ``per_example`` (restored per example then). A ratio
+    whose denominator is below ``min_gap`` is NaN (``exclusion_attrs`` counts them).
     """
     if per_example:
         mean = {k: v for k, v in rows.items()}
         ref_clean, ref_corr = clean, corrupted
     else:
-        mean = {k: _nanmean(v) for k, v in rows.items()}
-        ref_clean = {k: _nanmean(v) for k, v in clean.items()}
-        ref_corr = {k: _nanmean(v) for k, v in corrupted.items()}
-    out = {
-        "restored": restored_fraction(mean["p_answer"], ref_clean["p_answer"], ref_corr["p_answer"]),
-        "restored_logit_diff": restored_fraction(mean["logit_diff"], ref_clean["logit_diff"],
-                                                 ref_corr["logit_diff"]),
-    }
+        mean = {k: nanmean(v) for k, v in rows.items()}
+        ref_clean = {k: nanmean(v) for k, v in clean.items()}
+        ref_corr = {k: nanmean(v) for k, v in corrupted.items()}
+    # the threshold comes from the per-example rows in both modes (module docstring)
+    out = {ratio: restored_fraction(mean[base], ref_clean[base], ref_corr[base], min_gap(clean[base], corrupted[base]))
+           for ratio, base in RATIOS.items()}
     out.update({k: mean[k] for k in ROW_METRICS})
     return out
 
 
 def baseline(values: dict[str, Tensor]) -> dict[str, float]:
     """Batch means of a reference run's row metrics, as plain floats (for attrs)."""
-    return {k: float(_nanmean(v)) for k, v in values.items()}
+    return {k: float(nanmean(v)) for k, v in values.items()}

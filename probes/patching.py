@@ -22,7 +22,9 @@ instead of ``pos`` for role units, plus ``batch`` with ``per_example=True``. ``h
 holds layer-free kinds (``hook_resid_pre``, ``mixer.hook_ssm_state``), ``layer`` the
 block index (-1 for hooks outside the blocks); (hook, layer) pairs the model lacks
 are NaN. ``attrs`` hold the clean and corrupted baselines (``clean_p_answer``, …),
-the direction, the number of examples, position labels and the engine's counts.
+the direction, the number of examples, position labels, the engine's counts, and per
+restored fraction its ``<ratio>_min_gap`` and ``<ratio>_excluded`` (examples without a
+ratio because the corruption barely moved them: ``ssmlens.probes.metrics``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ from tqdm.auto import tqdm
 
 from ssmlens.interp.tasks.base import TaskBatch
 from ssmlens.probes.batched import run_interventions, site_pos_axis
-from ssmlens.probes.metrics import METRICS, AnswerSpec, answer_spec, baseline, query_logits, row_metrics, summarize
+from ssmlens.probes.metrics import (
+    METRICS, AnswerSpec, answer_spec, baseline, exclusion_attrs, query_logits, row_metrics, summarize,
+)
 from ssmlens.probes.positions import HookSite, PositionSpec, Units, expand_hooks, position_labels, resolve_positions
 
 Direction = Literal["denoise", "noise"]
@@ -189,6 +193,7 @@ class SweepSetup:
             **{f"clean_{k}": v for k, v in baseline(self.refs["clean"]).items()},
             **{f"corrupted_{k}": v for k, v in baseline(self.refs["corrupted"]).items()},
             **{f"engine_{k}": int(v) for k, v in stats.items()},
+            **exclusion_attrs(self.refs["clean"], self.refs["corrupted"], per_example),
         }
         if self.units.dim == "pos":
             labels = position_labels(self.base)

@@ -7,6 +7,9 @@
 
 Both take the ``(hook, layer, position, metric)`` DataArray and return a
 ``plotly.graph_objects.Figure`` (notebooks: ``fig.show()``; the dashboard embeds it).
+Cells whose control task is uninformative (metric ``control_informative`` 0: the
+probed token never varies) get no control or selectivity number: the curves skip
+them and say where in the title, the heatmaps draw them grey, labelled "uninformative".
 """
 
 from __future__ import annotations
@@ -26,6 +29,31 @@ def _check(da: xr.DataArray) -> xr.DataArray:
         got = getattr(da, "dims", type(da).__name__)
         raise ValueError(f"expected a probe sweep DataArray with dims {DIMS}, got {got}")
     return da.transpose(*DIMS)
+
+
+CONTROL_METRICS = ("control_acc", "selectivity")  # what an uninformative control leaves meaningless
+
+
+def uninformative(da: xr.DataArray) -> xr.DataArray:
+    """bool over (hook, layer, position): True where the control task is uninformative."""
+    if "control_informative" not in da.metric.values:
+        return xr.zeros_like(da.isel(metric=0, drop=True), dtype=bool)
+    return da.sel(metric="control_informative", drop=True) == 0
+
+
+def _masked(da: xr.DataArray, metric: str) -> xr.DataArray:
+    """``metric`` of every cell, NaN where an uninformative control makes it meaningless."""
+    values = da.sel(metric=metric, drop=True)
+    return values.where(~uninformative(da)) if metric in CONTROL_METRICS else values
+
+
+def _uninformative_note(da: xr.DataArray) -> str | None:
+    flags = uninformative(da)
+    if not bool(flags.any()):
+        return None
+    where = [str(p) for p in da.position.values if bool(flags.sel(position=p).any())]
+    return (f"control task uninformative at position {', '.join(where)} "
+            "(one control label there: a token that never varies): not drawn")
 
 
 def _select(values, wanted, what: str) -> list:
@@ -63,7 +91,7 @@ def probe_accuracy_figure(
     for hook in hook_sel:
         for o in other_sel:
             sub = da.sel(hook=hook, **{other: o})
-            ys = sub.sel(metric=metric).values
+            ys = _masked(sub, metric).values
             if np.all(np.isnan(ys)):
                 continue
             color = colors[k % len(colors)]
@@ -72,7 +100,7 @@ def probe_accuracy_figure(
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name, legendgroup=name,
                                      line={"color": color}))
             if control and "control_acc" in da.metric.values:
-                cs = sub.sel(metric="control_acc").values
+                cs = _masked(sub, "control_acc").values
                 if not np.all(np.isnan(cs)):
                     fig.add_trace(go.Scatter(x=xs, y=cs, mode="lines", name=f"{name} (control)",
                                              legendgroup=name, line={"color": color, "dash": "dash"}))
@@ -82,8 +110,10 @@ def probe_accuracy_figure(
         if chance is not None:
             fig.add_hline(y=chance, line={"dash": "dot", "color": "gray"}, annotation_text="chance")
     target = da.attrs.get("target", "")
+    title = title or f"Probe accuracy for {target!s} by {x}"
+    note = _uninformative_note(da) if control or metric in CONTROL_METRICS else None
     fig.update_layout(
-        title=title or f"Probe accuracy for {target!s} by {x}", xaxis_title=x,
+        title=f"{title}<br><sup>{note}</sup>" if note else title, xaxis_title=x,
         yaxis_title=metric.replace("_", " "), yaxis={"range": [0, 1.05]}, template="plotly_white",
         legend={"title": "probe"},
     )
@@ -97,18 +127,28 @@ def probe_heatmap(da: xr.DataArray, hook: str | None = None, metric: str = "test
     """``metric`` of one hook kind over layer (rows) × position (columns)."""
     da = _check(da)
     hook = _select(da.hook.values, hook, "hook")[0] if hook is not None else str(da.hook.values[0])
-    z = da.sel(hook=hook, metric=metric).values
+    sub = da.sel(hook=hook)
+    z = _masked(sub, metric).values
+    xs, ys = [str(p) for p in da.position.values], [str(l) for l in da.layer.values]
     fig = go.Figure(go.Heatmap(
-        z=z, x=[str(p) for p in da.position.values], y=[str(l) for l in da.layer.values],
+        z=z, x=xs, y=ys,
         zmin=0, zmax=1 if metric != "selectivity" else None, colorscale="Viridis",
         colorbar={"title": metric.replace("_", " ")},
         hovertemplate="layer %{y}<br>position %{x}<br>%{z:.3f}<extra></extra>",
     ))
-    fig.update_layout(title=title or f"{hook}: {metric.replace('_', ' ')} ({da.attrs.get('target', '')})",
-                      xaxis_title="position", yaxis_title="layer", template="plotly_white")
+    title = title or f"{hook}: {metric.replace('_', ' ')} ({da.attrs.get('target', '')})"
+    flags = uninformative(sub).values
+    if metric in CONTROL_METRICS and flags.any():  # grey cells that say why, instead of a number
+        fig.add_trace(go.Heatmap(
+            z=np.where(flags, 1.0, np.nan), x=xs, y=ys, name="uninformative", showscale=False,
+            colorscale=[[0, "#d9d9d9"], [1, "#d9d9d9"]], text=np.where(flags, "uninformative", ""),
+            texttemplate="%{text}", hovertemplate="layer %{y}<br>position %{x}<br>control task uninformative: "
+                                                  "one control label here<extra></extra>"))
+        title = f"{title}<br><sup>{_uninformative_note(sub.expand_dims(hook=[hook]))}</sup>"
+    fig.update_layout(title=title, xaxis_title="position", yaxis_title="layer", template="plotly_white")
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category")
     return fig
 
 
-__all__ = ["probe_accuracy_figure", "probe_heatmap"]
+__all__ = ["probe_accuracy_figure", "probe_heatmap", "uninformative"]

@@ -14,7 +14,8 @@ to one run (DESIGN §6). Entries of the run:
 ``results/patching_roles/<kind>``      ``(metric, layer, role)``
 ``results/attribution/<kind>``         ``(metric, layer, pos)`` — ``attribution_patching``
 ``tables/patching``                    the same as one tidy table (dashboards)
-``metrics``                            clean / corrupted accuracy and p(answer), timings
+``metrics``                            ``accuracy`` (the clean run's), clean / corrupted
+                                       accuracy and p(answer), timings
 =====================================  ==========================================
 
 ``<kind>`` is the hook kind without ``hook_`` (``resid_pre``, ``mixer.ssm_state``,
@@ -170,6 +171,7 @@ def run_patching_study(
             w.write_table("attribution", tidy(attr))
         w.set_metrics({
             **{k: v for k, v in sweep.attrs.items() if k.startswith(("clean_", "corrupted_"))},
+            "accuracy": sweep.attrs["clean_accuracy"],  # the model's answer accuracy (the runs list shows it)
             **timings,
         })
         url = str(getattr(w, "url", out_url))

@@ -238,8 +238,11 @@ def test_study_writes_a_tidy_table_and_skips_finished_cells(tmp_path):
     with pytest.warns(AblationSkipped):
         table = run_study(_study(models, ["no_conv", "drop_head:0.1"]), out, progress=False)
     assert list(table.columns) == COLUMNS
-    # none, no_conv for mamba; none, drop_head for the transformer; 2 metrics each
-    assert len(table) == 8 and set(table["metric"]) == {"acc", "loss"} and (table["n"] == 16).all()
+    # none, no_conv for mamba; none, drop_head for the transformer; 2 metrics each; the
+    # other two cells (no_conv on the transformer, drop_head on mamba) are n/a rows
+    evaluated = table[table["status"] == "ok"]
+    assert len(evaluated) == 8 and set(table["metric"]) == {"acc", "loss"} and (evaluated["n"] == 16).all()
+    assert len(table) == 12 and table[table["status"] == "n/a"]["value"].isna().all()
     assert table.attrs["skipped"] and {s["ablation"] for s in table.attrs["skipped"]} == {"no_conv", "drop_head:0.1"}
     calls = {k: m.calls for k, m in models.items()}
     assert calls == {"mamba": 4, "transformer": 4}  # 2 cells × 2 batches of 8
@@ -254,7 +257,7 @@ def test_study_writes_a_tidy_table_and_skips_finished_cells(tmp_path):
 
     more = run_study(_study(models, ["no_conv", "drop_head:0.1", "zero:blocks.0.hook_resid_pre"]), out, progress=False)
     assert {k: m.calls - calls[k] for k, m in models.items()} == {"mamba": 2, "transformer": 2}  # new cells only
-    assert len(more) == 12 and set(more["ablation"]) == {"none", "no_conv", "drop_head:0.1", "zero:blocks.0.hook_resid_pre"}
+    assert len(more) == 16 and set(more["ablation"]) == {"none", "no_conv", "drop_head:0.1", "zero:blocks.0.hook_resid_pre"}
     fig = ablation_bar_chart(more, "acc", relative=True)
     assert len(fig.data) == 2 and "none" not in list(fig.data[0].x)
 
@@ -316,7 +319,9 @@ ablations: [no_conv, no_memory]
     assert main(["ablate", str(study), "--out", str(tmp_path / "a"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "skipped 1 cell" in out and f"wrote ablation run store: {tmp_path / 'a'}" in out
-    assert set(open_run(tmp_path / "a").table("ablation")["ablation"]) == {"none", "no_conv"}
+    table = open_run(tmp_path / "a").table("ablation")
+    assert set(table[table["status"] == "ok"]["ablation"]) == {"none", "no_conv"}
+    assert set(table[table["status"] == "n/a"]["ablation"]) == {"no_memory"}
 
     assert main(["probe", str(ckpt), "--task", "ar", "--task-arg", "n_keys=8", "--task-arg", "n_values=8",
                  "--task-arg", "n_pairs=4", "--n", "64", "--hooks", "resid_pre,conv", "--positions",
@@ -325,5 +330,59 @@ ablations: [no_conv, no_memory]
     run = open_run(tmp_path / "p")
     da = run.result("probe/accuracy")
     assert da.dims == ("hook", "layer", "position", "metric") and da.shape[:3] == (2, 2, 2)
-    assert set(run.table("probe").columns) == {"hook", "layer", "position", "metric", "value"}
+    assert set(run.table("probe").columns) == {"hook", "layer", "position", "metric", "value", "control_informative"}
     assert main(["ablate", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "b")]) == 2
+
+
+# ---- issue 12 item 9: a value ablation of a hook only some models of the grid have --------------
+
+
+def test_item9_hook_only_some_models_have_marks_cells_not_applicable_and_the_study_completes(tmp_path):
+    from ssmlens.interp.store import open_run
+
+    na_label = "zero:blocks.0.mixer.hook_ssm_state@query"
+    models = {"mamba": _counting(_mamba()), "transformer": _counting(_transformer())}
+    out = tmp_path / "na"
+    with pytest.warns(AblationSkipped, match="transformer"):
+        table = run_study(_study(models, [na_label]), out, progress=False)
+    run = open_run(out)
+    assert run.is_complete
+    na = table[(table["model"] == "transformer") & (table["ablation"] == na_label)]
+    assert len(na) == 2 and (na["status"] == "n/a").all() and na["value"].isna().all() and (na["n"] == 0).all()
+    ok = table[table["status"] == "ok"]
+    assert len(ok) == 6 and ok["value"].notna().all()  # none × 2 models, the ablation on mamba; 2 metrics
+    pd.testing.assert_frame_equal(run.table("ablation"), table)
+    acc = run.result("ablation/acc")
+    assert bool(acc.sel(model="transformer", ablation=na_label).isnull().all())
+    assert bool(acc.sel(model="mamba", ablation=na_label).notnull().all())
+    # the figure says n/a where the cell does not apply
+    fig = ablation_bar_chart(table, "acc")
+    tf = next(t for t in fig.data if t.name == "transformer")
+    assert list(tf.text)[list(tf.x).index(na_label)] == "n/a"
+    # re-running evaluates nothing and keeps the n/a cells
+    calls = {k: m.calls for k, m in models.items()}
+    again = run_study(_study(models, [na_label]), out, progress=False)
+    assert {k: m.calls for k, m in models.items()} == calls
+    pd.testing.assert_frame_equal(again, table)
+    # on its own: NotApplicable, naming the model's lack; a misspelt hook is still an error with suggestions
+    with pytest.raises(NotApplicable, match="no blocks.0.mixer.hook_ssm_state"):
+        run_ablated(_transformer(), BATCH, na_label)
+    with pytest.raises(NotApplicable, match="blocks.5.hook_resid_pre"):  # a layer this model lacks
+        run_ablated(_mamba(), BATCH, "mean:blocks.5.hook_resid_pre")
+    with pytest.raises(KeyError, match="did you mean|Did you mean"):
+        run_ablated(_mamba(), BATCH, "zero:blocks.0.mixer.hook_ssm_stat")
+
+
+def test_item9_a_study_written_before_the_status_column_resumes_with_its_skipped_cells_as_na(tmp_path):
+    from ssmlens.interp.store import create_run
+
+    models = {"mamba": _counting(_mamba())}
+    study = _study(models, ["no_memory"])
+    old = pd.DataFrame([{"model": "mamba", "task": "ar", "ablation": "none", "metric": m, "value": 0.5, "n": 16}
+                        for m in ("acc", "loss")])
+    with create_run(tmp_path / "old", study.to_config()) as w:  # the layout of an older study run
+        w.write_table("ablation", old)
+        w.set_metrics(skipped=[{"model": "mamba", "task": "ar", "ablation": "no_memory", "reason": "no memory"}])
+    table = run_study(study, tmp_path / "old", progress=False)
+    assert models["mamba"].calls == 0  # nothing left to evaluate
+    assert list(table["status"]) == ["ok", "ok", "n/a", "n/a"] and table["value"].isna().sum() == 2

@@ -24,7 +24,7 @@ if not (CHROME and shutil.which("chromedriver")):
                 "chromium chromium-driver; `make test` does it when run as root)", allow_module_level=True)
 
 from ssmlens.dashboards.app import create_app  # noqa: E402
-from ssmlens.dashboards.sample_store import write_sample_store  # noqa: E402
+from ssmlens.dashboards.sample_store import write_sample_store, write_study_runs  # noqa: E402
 from ssmlens.interp.store import create_run  # noqa: E402
 
 PAGES = ["/runs", "/tokens", "/gating", "/states", "/attention", "/interventions", "/compare"]
@@ -46,6 +46,7 @@ return plots.length > 0 && !busy && plots.every(p => p.layout && p.layout.meta =
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     write_sample_store(root, seq_len=64, n_examples=3, d_model=32, patch_positions=6)
+    write_study_runs(root)  # demo/bmojo, demo/mamba, demo/transformer as `ssmlens demo` writes them
     try:
         with create_run(root / "broken" / "incomplete", {"model_type": "mamba", "task": "mqar"}):
             raise RuntimeError("killed")
@@ -184,3 +185,54 @@ def test_figure_data_downloads_as_csv(dash_duo):
         time.sleep(0.1)
     assert lines[0] == "trace,x,y,z"
     assert len(lines) > 64 * 64  # every cell of the Δ heatmap (64 positions × 64 channels)
+
+
+# ---- issue 12 items 14 and 15 ---------------------------------------------------------------------
+
+CELLS = """const out = {}; for (const tr of document.querySelectorAll('#runs-table tr')) {
+  const run = tr.querySelector('td[data-dash-column="run_id"]');
+  const acc = tr.querySelector('td[data-dash-column="accuracy"]');
+  if (run && acc) out[run.innerText.trim()] = acc.innerText.trim(); } return out;"""
+
+
+def test_item14_runs_table_shows_each_demo_runs_accuracy(dash_duo):
+    open_page(dash_duo, "/runs")
+    dash_duo.wait_for_contains_text("#runs-table", "demo/transformer", timeout=20)
+    cells = dash_duo.driver.execute_script(CELLS)
+    for model in ("bmojo", "mamba", "transformer"):
+        assert cells.get(f"demo/{model}", "") != "", cells  # the clean run's answer accuracy
+        float(cells[f"demo/{model}"])
+
+
+def dropdown_value(duo, id_: str) -> str | None:
+    """The label a dcc.Dropdown shows (Dash 4's markup; older Dash's as a fallback)."""
+    return duo.driver.execute_script(
+        f"const e = document.querySelector('#{id_} .dash-dropdown-value-item, #{id_} .Select-value-label');"
+        " return e ? e.innerText.trim() : null;")
+
+
+def test_item15_interventions_opened_for_a_run_show_that_runs_results(dash_duo):
+    dash_duo.reset_log_timestamp()
+    # the default run (demo/bmojo) lists patching/attn.out first; demo/mamba has no attention
+    open_page(dash_duo, "/interventions?run=demo/mamba")
+    dash_duo.wait_for_contains_text("#run-banner", "mamba", timeout=30)
+    wait_ready(dash_duo)
+    result = dropdown_value(dash_duo, "iv-result")
+    assert result and "attn" not in result and result.startswith(("patching", "attribution")), result
+    assert not dash_duo.driver.find_elements("css selector", "#iv-status .ssm-msg-error")
+    fig = figure(dash_duo, "iv-result-fig")
+    assert fig["data"] and not any("has no result" in (a or "") for a in fig["layout"]["annotations"])
+    # its table: a metric plotted, never the layer column
+    assert dropdown_value(dash_duo, "iv-metric") == "restored"
+    title = figure(dash_duo, "iv-table-fig")["layout"]["title"]
+    assert title.startswith(f"{dropdown_value(dash_duo, 'iv-table')}: restored"), title
+    # another run: the result follows it
+    dash_duo.select_dcc_dropdown("#run-select", value="demo/bmojo (bmojo · ar)")
+    dash_duo.wait_for_contains_text("#run-banner", "bmojo", timeout=30)
+    wait_ready(dash_duo)
+    end = time.time() + 10
+    while dropdown_value(dash_duo, "iv-result") == result and time.time() < end:
+        time.sleep(0.1)
+    assert dropdown_value(dash_duo, "iv-result") == "patching/attn.out"
+    assert not dash_duo.driver.find_elements("css selector", "#iv-status .ssm-msg-error")
+    assert console_errors(dash_duo) == []

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 import pytest
 import xarray as xr
@@ -19,8 +20,8 @@ from ssmlens.dashboards.app import create_app
 from ssmlens.dashboards.context import Context
 from ssmlens.dashboards.pages import PAGES, compare, interventions, runs, states, tokens
 from ssmlens.dashboards.reader import Reader, RunAccessError, clear_caches
-from ssmlens.dashboards.sample_store import write_sample_store
-from ssmlens.interp.store import create_run
+from ssmlens.dashboards.sample_store import write_sample_store, write_study_runs
+from ssmlens.interp.store import create_run, open_run
 
 MODELS = ("mamba", "transformer", "bmojo")
 
@@ -43,6 +44,7 @@ class FakeApp:
 def root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runs")
     write_sample_store(root, models=MODELS, seq_len=64, n_examples=3, d_model=32, patch_positions=6)
+    write_study_runs(root)  # demo/<model>: what `ssmlens demo`'s patching study writes
     with pytest.raises(RuntimeError):  # a writer that crashed: the run stays incomplete
         with create_run(root / "broken" / "incomplete", {"model_type": "mamba", "task": "mqar"}) as w:
             w.set_metrics(accuracy=0.5)
@@ -206,9 +208,12 @@ def test_changing_the_run_changes_the_figures(cbs):
 
 
 def test_selectors_follow_the_url_and_the_run(ctx, cbs):
-    assert cbs["apply_url"]("?run=sample/bmojo&example=2&token=7") == ("sample/bmojo", 2, 7)
-    run, example, token = cbs["apply_url"]("?run=sample/mamba")
+    assert cbs["apply_url"]("?run=sample/bmojo&example=2&token=7") == ("sample/bmojo", 2, 7, controls.no_update)
+    run, example, token, options = cbs["apply_url"]("?run=sample/mamba")
     assert run == "sample/mamba" and example is controls.no_update and token is controls.no_update
+    # a run that cannot be opened stays selectable-but-disabled, so the selector keeps it
+    *_, options = cbs["apply_url"]("?run=../../etc")
+    assert {"label": "../../etc [cannot be opened]", "value": "../../etc", "disabled": True} in options
     assert cbs["sync_example"]("sample/mamba", 9) == (2, 0, 63)  # 3 examples: 9 is out of range
     assert cbs["default_token"]("sample/mamba", 0, 500) == ctx.reader.example("sample/mamba", 0).roles["query"][0]
     assert tokens.clicked_position({"points": [{"customdata": 12}]}) == 12
@@ -331,7 +336,8 @@ def test_app_serves_its_layout_and_timings(root):
         "outputs": [{"id": "page-content", "property": "children"}]
         + [{"id": f"nav-{p.NAME}", "property": "className"} for p in PAGES],
         "inputs": [{"id": "url", "property": "pathname", "value": "/gating"}],
-        "state": [{"id": "run-select", "property": "value", "value": "sample/mamba"}],
+        "state": [{"id": "run-select", "property": "value", "value": "sample/mamba"},
+                  {"id": "url", "property": "search", "value": ""}],
         "changedPropIds": ["url.pathname"],
     }
     resp = client.post("/_dash-update-component", json=payload)
@@ -377,3 +383,128 @@ def test_reader_memoizes_by_mtime(ctx, root):
     os.utime(meta, ns=(meta.stat().st_atime_ns, meta.stat().st_mtime_ns + 10**9))  # "rewritten"
     assert ctx.reader.hook("sample/mamba", "blocks.0.mixer.hook_delta", 0) is not first
     assert isinstance(Reader(root).root, Path)
+
+
+# ---- issue 12 items 7, 14, 15, 16 ----------------------------------------------------------------
+
+
+def test_item14_runs_table_shows_the_accuracy_each_study_knows(ctx, root):
+    rows, _ = catalog.list_rows(ctx.reader)
+    by_id = {r.run_id: r for r in rows}
+    for model in MODELS:
+        run = f"demo/{model}"
+        assert by_id[run].accuracy == pytest.approx(ctx.reader.metrics(run)["clean_accuracy"])
+    data, _, _ = runs.table_state(ctx, None)
+    assert all(d["accuracy"] != "" for d in data if d["id"].startswith("demo/"))
+    # a store written before the study recorded "accuracy": its clean accuracy is read
+    with create_run(root / "older" / "study", {"model_type": "mamba", "task": "ar", "kind": "patching_study"}) as w:
+        w.write_batch(open_run(root / "demo" / "mamba").batch())
+        w.set_metrics(clean_accuracy=0.75, corrupted_accuracy=0.25)
+    rows, _ = catalog.list_rows(ctx.reader)
+    assert {r.run_id: r for r in rows}["older/study"].accuracy == pytest.approx(0.75)
+    assert "accuracy 0.750" in str(controls.run_banner(ctx, "older/study", 0, 3))
+
+
+def _find(component, id_):
+    """The component with ``id_`` in a layout tree (None if absent)."""
+    if getattr(component, "id", None) == id_:
+        return component
+    children = getattr(component, "children", None)
+    for child in children if isinstance(children, (list, tuple)) else [children]:
+        if child is not None and not isinstance(child, (str, int, float)):
+            found = _find(child, id_)
+            if found is not None:
+                return found
+    return None
+
+
+def test_item15_interventions_default_to_a_result_the_run_has(ctx, cbs):
+    from ssmlens.dashboards.app import route
+
+    mamba, bmojo = "demo/mamba", "demo/bmojo"
+    assert "patching/attn.out" in ctx.reader.results(bmojo) and "patching/attn.out" not in ctx.reader.results(mamba)
+    # a result the run lacks (another run's, still in the dropdown): the run's own, no error
+    fig, caption = cbs["iv_result"](mamba, "patching/attn.out", None)
+    assert drawn(fig) and not is_message(fig) and fig.data
+    assert "has no result" not in str(caption) and "patching/" in str(caption)
+    # /interventions?run=demo/mamba while the selector still held another run: the page is
+    # built for the URL's run
+    page = route(ctx, "/interventions", bmojo, "?run=demo/mamba")[0]
+    assert _find(page, "iv-result").value in ctx.reader.results(mamba)
+    r_opts, result, t_opts, table = cbs["iv_controls"](mamba)
+    assert result in ctx.reader.results(mamba)
+    assert cbs["iv_slices"]("patching/attn.out", mamba) == cbs["iv_slices"](result, mamba)
+
+
+def test_item15_table_plots_a_metric_never_an_index_column(ctx, cbs):
+    run = "demo/mamba"
+    df = ctx.reader.table(run, "attribution")
+    options, metric = cbs["iv_table_metrics"]("attribution", run)
+    values = [o["value"] for o in options]
+    assert metric == "restored" and set(values) == {"delta", "restored"}  # not layer, not pos
+    fig, view = cbs["iv_table"](run, "attribution", metric, "absolute")
+    assert drawn(fig) and fig.layout.title.text.startswith("attribution: restored")
+    hooks = list(dict.fromkeys(df["hook"]))
+    assert len(fig.data) == len(hooks)  # layer × position heatmaps of the metric, one per hook
+    for trace, hook in zip(fig.data, hooks):
+        part = df[df["hook"] == hook].pivot_table(index="layer", columns="pos", values="restored", dropna=False)
+        assert np.asarray(trace.z, dtype=float) == pytest.approx(part.to_numpy(), nan_ok=True, abs=1e-6)
+    # a table without a layer × position grid: one bar per row of a measured column
+    from ssmlens.dashboards import tables
+
+    bars = tables.table_figure(pd.DataFrame({"hook": ["a", "b"], "layer": [0, 1], "acc": [0.5, 0.25]}), "t", "acc")
+    assert list(bars.data[0].y) == [0.5, 0.25] and list(bars.data[0].x) == ["a · layer 0", "b · layer 1"]
+    assert tables.metrics(pd.DataFrame({"layer": [0], "pos": [1], "delta": [0.1], "n": [3]})) == ["delta"]
+    # a metric chosen for another table falls back to this table's first
+    fig, _ = cbs["iv_table"](run, "attribution", "acc", "absolute")
+    assert fig.layout.title.text.startswith("attribution: restored")
+
+
+def test_item7_interventions_say_how_many_examples_a_ratio_excluded(ctx, cbs, root):
+    from ssmlens.interp.store import open_run as open_
+
+    da = open_(root / "demo" / "mamba").result("patching/resid_pre")
+    da.attrs.update({"restored_excluded": 3, "restored_min_gap": 0.02, "n_examples": 4})
+    with create_run(root / "excl" / "mamba", {"model_type": "mamba", "task": "ar"}) as w:
+        w.write_batch(open_(root / "demo" / "mamba").batch())
+        w.write_result("patching/resid_pre", da)
+    fig, caption = cbs["iv_result"]("excl/mamba", "patching/resid_pre", None)
+    assert "3 of 4 examples excluded" in fig.layout.title.text
+    assert "3 of 4 examples excluded" in str(caption)
+
+
+def _run_with_checkpoint(root, run_id: str, checkpoint: str) -> str:
+    """A copy of sample/mamba (batch, Δ, B, C, states) that names ``checkpoint``."""
+    src = open_run(root / "sample" / "mamba")
+    with create_run(root / run_id, src.config, overwrite=True) as w:
+        w.write_batch(src.batch())
+        w.write_cache({n: src.cache[n].load() for n in src.cache if ".mixer." in n})
+        w.set_checkpoint(checkpoint)
+    clear_caches()
+    return run_id
+
+
+def test_item16_checkpoints_outside_the_runs_dir_are_refused(ctx, cbs, root, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("elsewhere")
+    shutil.copytree(root / "checkpoints" / "sample" / "mamba", outside / "ckpt")
+    os.symlink(outside / "ckpt", root / "link-to-ckpt")
+    cases = {
+        "evil/passwd": "/etc/passwd",
+        "evil/relative": os.path.relpath(outside / "ckpt", root),  # ../elsewhere/ckpt
+        "evil/absolute": str(outside / "ckpt"),  # a real checkpoint, but outside
+        "evil/symlink": "link-to-ckpt",  # inside by name, outside once resolved
+    }
+    for run_id, ckpt in cases.items():
+        _run_with_checkpoint(root, run_id, ckpt)
+        with pytest.raises(RunAccessError, match="outside the runs directory"):
+            ctx.reader.weights_path(run_id)
+        imp, real, status = cbs["states_attention"](run_id, 0, 3, 0, None, "abs_mean")
+        assert "outside the runs directory" in str(status) and "passwd" not in str(imp.to_json())
+        heat, bc, hist, status = cbs["gating_render"](run_id, 0, 3, 0, "horizon")
+        assert "outside the runs directory" in str(status) and "parse" not in str(status).lower()
+    # inside: relative to the runs directory, or to its parent (as `ssmlens demo` writes "runs/...")
+    inside = _run_with_checkpoint(root, "good/relative", "checkpoints/sample/mamba")
+    assert ctx.reader.weights_path(inside) == (root / "checkpoints" / "sample" / "mamba" / "model.safetensors")
+    parent_rel = _run_with_checkpoint(root, "good/parent", f"{root.name}/checkpoints/sample/mamba")
+    assert ctx.reader.weights_path(parent_rel).parent == (root / "checkpoints" / "sample" / "mamba").resolve()
+    assert ctx.reader.a_matrix(inside, 0).shape[0] > 0

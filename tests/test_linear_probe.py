@@ -87,8 +87,9 @@ def tiny():
 
 def test_sweep_reads_what_causality_allows(tiny):
     model, batch = tiny
-    da = probe_sweep(model, batch, "embed,resid_pre,ssm_state", "queried_value",
-                     positions=["queried_value", 0, "query"], seed=0)
+    with pytest.warns(UserWarning, match="uninformative"):  # position 0 is <bos> (item 8)
+        da = probe_sweep(model, batch, "embed,resid_pre,ssm_state", "queried_value",
+                         positions=["queried_value", 0, "query"], seed=0)
     assert da.dims == ("hook", "layer", "position", "metric")
     assert list(da.hook.values) == ["hook_embed", "hook_resid_pre", "mixer.hook_ssm_state"]
     assert list(da.layer.values) == [-1, 0, 1] and list(da.position.values) == ["queried_value", "0", "query"]
@@ -101,7 +102,8 @@ def test_sweep_reads_what_causality_allows(tiny):
         assert float(acc.sel(hook=hook, layer=layer, position="0")) < 0.3
     assert bool(acc.sel(hook="hook_embed", layer=0).isnull().all())  # no such layer: NaN
     table = sweep_table(da)
-    assert set(table.columns) == {"hook", "layer", "position", "metric", "value"} and not table["value"].isna().any()
+    assert set(table.columns) == {"hook", "layer", "position", "metric", "value", "control_informative"}
+    assert not table["value"].isna().any()
 
 
 def test_sweep_on_a_cache_matches_the_model(tiny):
@@ -126,12 +128,58 @@ def test_positions_targets_and_hooks_resolve(tiny):
 
 def test_probe_figures(tiny):
     model, batch = tiny
-    da = probe_sweep(model, batch, "resid_pre", "queried_value", positions=[0, "queried_value", "query"])
+    with pytest.warns(UserWarning, match="uninformative"):  # position 0: <bos> (item 8 below)
+        da = probe_sweep(model, batch, "resid_pre", "queried_value", positions=[0, "queried_value", "query"])
     fig = probe_accuracy_figure(da, x="layer")
-    assert len(fig.data) == 6  # 3 positions × (probe, control)
+    assert len(fig.data) == 5  # 3 positions × (probe, control), no control at position 0
     assert any(t.line.dash == "dash" for t in fig.data)
     assert len(probe_accuracy_figure(da, x="position", control=False).data) == 2
     heat = probe_heatmap(da, "hook_resid_pre")
     assert heat.data[0].z.shape == (2, 3)
     with pytest.raises(ValueError, match="no hook"):
         probe_accuracy_figure(da, hooks="hook_nope")
+
+
+# ---- issue 12 item 8: a position whose token never varies --------------------------------------
+
+
+def test_item8_constant_token_position_warns_and_marks_the_control_uninformative(tiny):
+    model, batch = tiny
+    assert batch.tokens[:, 0].unique().numel() == 1  # <bos>: the control task has one token type there
+    with pytest.warns(UserWarning, match="uninformative") as record:
+        da = probe_sweep(model, batch, "resid_pre", "queried_value", positions=[0, "queried_value"])
+    from ssmlens.probes.linear import UninformativeControl
+
+    assert any(issubclass(r.category, UninformativeControl) and "position 0" in str(r.message) for r in record)
+    flag = da.sel(metric="control_informative")
+    assert (flag.sel(position="0") == 0).all() and (flag.sel(position="queried_value") == 1).all()
+    sel = da.sel(metric="selectivity")
+    assert sel.sel(position="0").isnull().all()  # not −0.9: no number for a meaningless control
+    assert sel.sel(position="queried_value").notnull().all()
+    table = sweep_table(da)
+    assert "control_informative" in table.columns
+    assert not table[table["position"] == "0"]["control_informative"].any()
+    assert table[table["position"] == "queried_value"]["control_informative"].all()
+    # one probe, directly
+    x, y = _planted(n=80)
+    with pytest.warns(UninformativeControl):
+        res = fit_probe(x, y, control=torch.zeros(80, dtype=torch.long))
+    assert not res.control_informative and res.selectivity != res.selectivity  # NaN
+    assert fit_probe(x, y, control=y).control_informative
+
+
+def test_item8_figures_show_uninformative_cells_as_such(tiny):
+    import warnings
+
+    model, batch = tiny
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        da = probe_sweep(model, batch, "resid_pre", "queried_value", positions=[0, "queried_value"])
+    fig = probe_accuracy_figure(da, x="layer")
+    names = [t.name for t in fig.data]
+    assert not any("0" in n.split("position")[-1] and "control" in n for n in names)  # no control curve at 0
+    assert "uninformative" in fig.layout.title.text and "position 0" in fig.layout.title.text
+    heat = probe_heatmap(da, "hook_resid_pre", metric="selectivity")
+    assert heat.data[0].z[:, 0].tolist() == [None, None] or all(v != v for v in heat.data[0].z[:, 0])
+    marks = [t for t in heat.data if t.name == "uninformative"]
+    assert marks and all(str(t) == "uninformative" for row in marks[0].text for t in row if t)

@@ -49,7 +49,11 @@ def test_self_patch_restores_everything(mamba, batches):
     res = patching_sweep(mamba, clean, corr, "resid_pre", "*", progress=False)
     # The whole residual stream of any layer carries everything: restored = 1 exactly.
     assert np.allclose(res.sel(metric="restored").values, 1.0, atol=1e-5)
-    assert np.allclose(res.sel(metric="restored_logit_diff").values, 1.0, atol=1e-5)
+    # (the logit differences' batch means nearly cancel on this random model, so that
+    # ratio is only defined per example: metrics' min gap)
+    per = patching_sweep(mamba, clean, corr, "resid_pre", "*", per_example=True, progress=False)
+    assert per.attrs["restored_logit_diff_excluded"] == 0
+    assert np.allclose(per.sel(metric="restored_logit_diff").values, 1.0, atol=1e-5)
     assert np.allclose(res.sel(metric="kl").values, 0.0, atol=1e-6)
     noised = patching_sweep(mamba, clean, corr, "resid_pre", "*", direction="noise", progress=False)
     assert np.allclose(noised.sel(metric="restored").values, 0.0, atol=1e-5)
@@ -220,8 +224,83 @@ def test_figures(mamba, batches):
     assert len(patching_heatmap(one, "logit_diff").data) == 1
     with pytest.raises(ValueError, match="metrics"):
         patching_heatmap(res, "nope")
-    attr = attribution_patching(mamba, clean, corr, "resid_pre,ssm_state", "all")
-    assert len(compare_scatter(res, attr).data[0].x) == 2 * 2 * 13
+    attr = attribution_patching(mamba, clean, corr, "resid_pre,ssm_state", "all", metric="p_answer")
+    assert len(compare_scatter(res, attr, "restored").data[0].x) == 2 * 2 * 13
     ic = interchange_sweep(mamba, corr, clean, "resid_pre", ["queried_value", "query"], progress=False)
     bars = interchange_bars(ic)
     assert len(bars.data) == 2 and list(bars.data[0].x) == ["queried_value", "query"]
+
+
+# ---- issue 12 item 7: restored fractions with a tiny clean–corrupted gap ----------------------
+
+
+def test_item7_restored_fraction_is_nan_where_the_clean_corrupted_gap_is_tiny():
+    from ssmlens.probes.metrics import summarize
+
+    def rows(ld, p):
+        t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+        return {"logit_diff": t(ld), "p_answer": t(p), "logp_answer": t(p), "kl": t(p), "accuracy": t(p)}
+
+    # Three examples: the corruption moves the first two by 1 and 0.5, the third by 0.001.
+    clean, corrupted = rows([1.0, 0.5, 0.001], [0.9, 0.5, 0.3]), rows([0.0, 0.0, 0.0], [0.1, 0.1, 0.2999])
+    patched = rows([[0.5, 0.25, 0.02]], [[0.5, 0.3, 0.31]])
+    per = summarize(patched, clean, corrupted, per_example=True)
+    # min gap = 0.1 · mean |gap|: the third example's ratio (0.02 / 0.001 = 20) is excluded
+    assert per["restored_logit_diff"][0, :2].tolist() == [0.5, 0.5]
+    assert torch.isnan(per["restored_logit_diff"][0, 2])
+    assert torch.isnan(per["restored"][0, 2])  # 0.01 / 0.0001 = 100 before
+    # Batch means whose per-example effects cancel: no ratio of the means either.
+    cancel = summarize(rows([[0.1]], [[0.5]]), rows([2.0, -2.0], [0.6, 0.4]), rows([0.0, 0.06], [0.4, 0.6]))
+    assert torch.isnan(cancel["restored_logit_diff"]).all() and torch.isnan(cancel["restored"]).all()
+
+
+def test_item7_random_model_ratios_exclude_tiny_gaps_and_count_them():
+    from ssmlens.probes.metrics import GAP_FRACTION
+
+    task = make_task("ar", **TASK)
+    clean = task.sample(16, 3)
+    corr = corrupt(clean, "value", 4)
+    torch.manual_seed(0)
+    model = Mamba(vocab_size=task.vocab_size, d_model=16, n_layers=2, d_state=4).eval()  # random, not sharpened
+    per = patching_sweep(model, clean, corr, "resid_pre", "all", per_example=True, progress=False)
+    batch = patching_sweep(model, clean, corr, "resid_pre", "all", progress=False)
+    for ratio, base in (("restored", "p_answer"), ("restored_logit_diff", "logit_diff")):
+        gaps = np.abs(_per_example_gaps(model, clean, corr, base))
+        threshold = max(GAP_FRACTION * gaps.mean(), 1e-6)
+        values = per.sel(metric=ratio).values  # hook, layer, pos, batch
+        tiny = gaps < threshold
+        assert tiny.any() or ratio == "restored_logit_diff"
+        assert np.isnan(values[..., tiny]).all(), f"{ratio}: a ratio was formed over a tiny gap"
+        assert per.attrs[f"{ratio}_excluded"] == int(tiny.sum())
+        assert per.attrs[f"{ratio}_min_gap"] == pytest.approx(threshold)
+        mean_gap = abs(batch.attrs[f"clean_{base}"] - batch.attrs[f"corrupted_{base}"])
+        if mean_gap < threshold:
+            assert np.isnan(batch.sel(metric=ratio).values).all()
+            assert batch.attrs[f"{ratio}_excluded"] == len(clean)
+        else:
+            assert batch.attrs[f"{ratio}_excluded"] == 0
+        assert np.isfinite(values[..., ~tiny]).any()  # the others keep their ratios
+
+
+def _per_example_gaps(model, clean, corr, metric):
+    from ssmlens.probes.metrics import answer_spec, query_logits, row_metrics
+
+    spec = answer_spec(clean, corr)
+    with torch.no_grad():
+        c, k = (query_logits(model(b.tokens), spec.query) for b in (clean, corr))
+    ref = c.double().log_softmax(-1)
+    rows = [row_metrics(x, spec.answer, spec.alt, ref)[metric] for x in (c, k)]
+    return (rows[0] - rows[1]).numpy()
+
+
+def test_item7_figures_say_how_many_examples_were_excluded(mamba, batches):
+    from ssmlens.probes.figures import patching_heatmap
+
+    _, clean, corr = batches
+    per = patching_sweep(mamba, clean, corr, "resid_pre", "all", per_example=True, progress=False)
+    per.attrs.update({"restored_excluded": 2, "restored_min_gap": 0.0123})
+    title = patching_heatmap(per, "restored").layout.title.text
+    assert "2 of 6 examples excluded" in title and "0.0123" in title
+    batch = patching_sweep(mamba, clean, corr, "resid_pre", "all", progress=False)
+    batch.attrs.update({"restored_logit_diff_excluded": 6, "restored_logit_diff_min_gap": 0.5})
+    assert "undefined" in patching_heatmap(batch, "restored_logit_diff").layout.title.text

@@ -3,8 +3,11 @@
 Results (labelled arrays): activation patching (layer × position, one result per hook),
 attribution patching, interchange interventions, probe accuracy sweeps, ablation
 arrays, or anything else: ``ssmlens.dashboards.results`` draws two dims and offers the others
-as a slice choice. Tables: the ablation study table as grouped bars
-(``ssmlens.probes.ablation_figures``), every table as a sortable table.
+as a slice choice. A result name the run lacks (another run's, still in the menu while the
+run changes) draws the run's first result instead of an error. Tables: the ablation study
+table as grouped bars (``ssmlens.probes.ablation_figures``); any other table drawn by
+``ssmlens.dashboards.tables`` (a measured column, never an index column such as layer or
+position); every table as a sortable table.
 
 Callbacks: ``iv_controls``, ``iv_slices``, ``iv_result``, ``iv_table_metrics``, ``iv_table``.
 """
@@ -14,10 +17,11 @@ from __future__ import annotations
 import pandas as pd
 from dash import Input, Output, State, dash_table, html
 
-from ssmlens.dashboards import catalog, figures, results
+from ssmlens.dashboards import catalog, figures, results, tables
 from ssmlens.dashboards.components import control, dropdown, fig_id, figure_card, page_header, radio, row, status
 from ssmlens.dashboards.context import Context, status_message
 from ssmlens.dashboards.reader import Reader, RunAccessError
+from ssmlens.probes.figures import exclusion_note  # plotly and xarray only: no torch at request time
 
 NAME = "interventions"
 PATH = "/interventions"
@@ -52,7 +56,16 @@ def controls(ctx: Context, run: str | None):
     return r_opts, result, s_opts, s_val, t_opts, (t_opts[0]["value"] if t_opts else None)
 
 
+def own_result(ctx: Context, run, name):
+    """``name`` when the run has it, else the run's first result (None when it has none)."""
+    if name and name in ctx.reader.results(run):
+        return name
+    options = result_options(ctx.reader, run)
+    return options[0]["value"] if options else None
+
+
 def slices(ctx: Context, run, result):
+    result = own_result(ctx, run, result) if run else result
     if not result:
         return [], None
     options = results.slice_options(ctx.reader.result(run, result))
@@ -60,12 +73,21 @@ def slices(ctx: Context, run, result):
 
 
 def render_result(ctx: Context, run, name, choice):
+    name = own_result(ctx, run, name)
     if not name:
         text = "this run holds no results (patching, attribution, probes ...): run a probe into it"
         return figures.message(text, "Results"), status_message(text, "info")
     da = ctx.reader.result(run, name)
     fig = results.result_figure(da, name, choice, height=440, roles=catalog.stable_roles(ctx.reader, run))
-    return fig, html.Span(f"{name}: {results.describe(da)}")
+    notes = [n for m in _ratio_metrics(da) if (n := exclusion_note(da, m))]
+    caption = f"{name}: {results.describe(da)}" + "".join(f" · {n}" for n in notes)
+    return fig, html.Span(caption)
+
+
+def _ratio_metrics(da) -> list[str]:
+    """Metrics of ``da`` whose attrs count examples left without a ratio (``<metric>_excluded``)."""
+    names = [str(m) for m in da["metric"].values] if "metric" in da.dims and "metric" in da.coords else []
+    return [m for m in names if f"{m}_excluded" in da.attrs]
 
 
 def is_ablation(df: pd.DataFrame) -> bool:
@@ -76,9 +98,7 @@ def table_metrics(ctx: Context, run, table):
     if not table:
         return [], None
     df = ctx.reader.table(run, table)
-    if not is_ablation(df):
-        return [], None
-    metrics = [str(m) for m in dict.fromkeys(df["metric"])]
+    metrics = [str(m) for m in dict.fromkeys(df["metric"])] if is_ablation(df) else tables.metrics(df)
     return [{"label": m, "value": m} for m in metrics], metrics[0] if metrics else None
 
 
@@ -87,6 +107,9 @@ def render_table(ctx: Context, run, table, metric, mode):
         text = "this run holds no tables"
         return figures.message(text, "Tables"), status_message(text, "info")
     df = ctx.reader.table(run, table)
+    options = [o["value"] for o in table_metrics(ctx, run, table)[0]]
+    if metric not in options:  # a metric of the table shown before: this table's first
+        metric = options[0] if options else None
     if is_ablation(df) and metric:
         from ssmlens.probes.ablation_figures import ablation_bar_chart
 
@@ -96,7 +119,7 @@ def render_table(ctx: Context, run, table, metric, mode):
         except ValueError as e:  # e.g. relative without a baseline cell: say so
             fig = figures.message(str(e), table)
     else:
-        fig = _generic_bars(df, table)
+        fig = tables.table_figure(df, table, metric)
     shown = df.head(MAX_ROWS)
     view = html.Div([
         html.P(f"{table}: {len(df)} rows" + (f" (first {MAX_ROWS} shown)" if len(df) > MAX_ROWS else "")),
@@ -108,17 +131,6 @@ def render_table(ctx: Context, run, table, metric, mode):
             style_header={"fontWeight": "bold", "backgroundColor": "#f0f0f0"}),
     ])
     return fig, view
-
-
-def _generic_bars(df: pd.DataFrame, name: str):
-    """A table that is not an ablation study: its first numeric column by its first text column."""
-    numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
-    text = [c for c in df.columns if c not in numeric]
-    if not numeric or len(df) > 200:
-        return figures.message("see the table below", name)
-    labels = df[text[0]].astype(str) if text else df.index.astype(str)
-    return figures.bars({str(numeric[0]): dict(zip(labels, df[numeric[0]]))}, title=f"{name}: {numeric[0]}",
-                        xlabel=str(text[0]) if text else "row", ylabel=str(numeric[0]))
 
 
 def layout(ctx: Context, run: str | None) -> html.Div:
