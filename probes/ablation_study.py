@@ -263,7 +263,8 @@ def run_study(study: AblationStudy | dict | str | Path, out=None, *, progress: b
             writer.write_table(TABLE, table)
             for metric, da in result_arrays(table).items():
                 writer.write_result(f"{TABLE}/{metric}", da)
-            writer.set_metrics(n_cells=len(study.cells()), n_evaluated=len(redone) - len(failed),
+            evaluated = {(r["model"], r["task"], r["ablation"]) for r in new_rows if r.get("status", OK) == OK}
+            writer.set_metrics(n_cells=len(study.cells()), n_evaluated=len(evaluated),
                                n_skipped=len(skipped), skipped=skipped, n_failed=len(failed), failed=failed)
             writer.finish()
     except BaseException as e:
