@@ -14,6 +14,10 @@ import torch
 import triton
 import triton.language as tl
 
+# (positions, channels, warps) of a program's tile; benchmarks/model_gpu.py --conv-sweep
+# times the alternatives.
+BLOCK = (32, 128, 4)
+
 
 @triton.jit
 def _causal_conv1d_kernel(x_ptr, w_ptr, b_ptr, y_ptr, L, d, sx_b, sx_l,
@@ -52,8 +56,8 @@ def causal_conv1d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
         x = x.contiguous()
     w = weight.contiguous()
     y = torch.empty(b, L, d, device=x.device, dtype=x.dtype)
-    BL, BD = 32, 128
+    BL, BD, warps = BLOCK
     grid = (triton.cdiv(L, BL), triton.cdiv(d, BD), b)
     _causal_conv1d_kernel[grid](x, w, bias if bias is not None else w, y, L, d, x.stride(0), x.stride(1),
-                                K=w.shape[1], BL=BL, BD=BD, HAS_BIAS=bias is not None, SILU=silu, num_warps=4)
+                                K=w.shape[1], BL=BL, BD=BD, HAS_BIAS=bias is not None, SILU=silu, num_warps=warps)
     return y

@@ -23,6 +23,7 @@ from types import ModuleType
 
 _PACKAGE = "ssmlens.kernels"
 _COPIES: dict[tuple[str, ...], tuple[ModuleType, ...]] = {}
+_COMPILED: dict[tuple[str, ...], tuple[ModuleType, ...]] = {}
 
 
 def _interpreter_ready() -> None:
@@ -47,8 +48,11 @@ def kernel_modules(names: tuple[str, ...], interpret: bool) -> tuple[ModuleType,
     a module after those it imports from), compiled, or, with ``interpret``, whose jit
     functions run under Triton's interpreter (copies, if the modules were imported
     compiled)."""
+    if not interpret and names in _COMPILED:  # every launch asks: keep it a dict lookup
+        return _COMPILED[names]
     mods = tuple(importlib.import_module(f"{_PACKAGE}.{n}") for n in names)
     if not interpret:
+        _COMPILED[names] = mods
         return mods
     _interpreter_ready()
     if not any(_compiled_jit(m) for m in mods):

@@ -49,7 +49,7 @@ def idle(module: nn.Module) -> bool:
     it, no nnsight state, no patched ``forward``, no global module hook."""
     if not _STATE["on"] or _global_hooks():
         return False
-    for m in module.modules():
+    for m in (module.modules() if module._modules else (module,)):
         if (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
                 or _NNSIGHT_STATE in m.__dict__ or "forward" in m.__dict__):
             return False

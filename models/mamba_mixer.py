@@ -33,6 +33,16 @@ from ssmlens.models.resume import Resume, StateEdit
 from ssmlens.models.resume_scan import read_state, scan_read_out, scan_window
 
 
+def _triton_scan() -> Callable | None:
+    """The Triton backend's entry point, or None where Triton does not import (imported
+    on first use: importing triton early would decide its interpreter switch)."""
+    try:
+        from ssmlens.kernels.triton_scan import selective_scan_triton
+    except ImportError:
+        return None
+    return selective_scan_triton
+
+
 @dataclass(kw_only=True)
 class MixerOptions:
     """The Mamba mixer's options as fields of a model config (Mamba, B'MOJO,
@@ -148,14 +158,14 @@ class MambaMixer(nn.Module):
                                           groups=self.conv1d.groups)), "b d l -> b l d")
             h0 = resume.before("hook_ssm_state", 1)[:, 0]
         u = self.hook_conv(u)
-        dt, B, C = self.x_proj(u).split([cfg.rank, cfg.d_state, cfg.d_state], dim=-1)
+        dt, B, C = self.x_proj(u).split_with_sizes([cfg.rank, cfg.d_state, cfg.d_state], dim=-1)
         want_states = self.hook_ssm_state.listened
         want_y = self.hook_ssm_out.listened or want_states
         in_scan = resume is None and not want_states and hook_idle(self.hook_delta)
         if in_scan:  # Δ = softplus(dt_proj(dt)), computed by the scan from the product
             delta, bias = F.linear(dt, self.dt_proj.weight), self.dt_proj.bias
-        else:
-            delta, bias = self.hook_delta(F.softplus(dt @ self.dt_proj.weight.T + self.dt_proj.bias)), None
+        else:  # the bias added in the product's epilogue: one pass over Δ fewer
+            delta, bias = self.hook_delta(F.softplus(F.linear(dt, self.dt_proj.weight, self.dt_proj.bias))), None
         B = self.hook_B(B)
         C = self.hook_C(C)
         A = self.A
@@ -167,12 +177,7 @@ class MambaMixer(nn.Module):
             y before D's gate in fp32 and always its states."""
             if window:
                 return scan_window(u, delta, self.A_log2, B, C, self.D, h0)
-            res = selective_scan(
-                u, delta, A, B, C, self.D.float(), z=None if want_y else z, delta_bias=bias,
-                delta_softplus=in_scan, initial_state=h0, state_positions="all" if states else None,
-                backend=cfg.scan_backend,
-            )
-            return res.out, res.states
+            return self._scan(u, delta, A, B, C, None if want_y else z, bias, in_scan, h0, states)
 
         y, states = scan(want_states)
         if window:
@@ -183,6 +188,23 @@ class MambaMixer(nn.Module):
             y = self.hook_ssm_out(y)
             y = y * F.silu(z)
         return self.hook_out(self.out_proj(y))
+
+    def _scan(self, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, z: Tensor | None,
+              bias: Tensor | None, softplus: bool, h0: Tensor | None, states: bool) -> tuple[Tensor, Tensor | None]:
+        """``selective_scan`` of this layer -> (y ``[b, L, d_inner]``, every state or
+        None). On CUDA with the Triton backend the backend is called directly: these
+        arguments are well-formed by construction, and the public API's checks took a
+        sixth of a forward's host time (benchmarks/NOTES_model.md), which the GPU waits
+        for at mamba-130m size."""
+        D = self.D.float()
+        backend = self.cfg.scan_backend
+        if u.is_cuda and backend in ("auto", "triton") and _triton_scan() is not None:
+            positions = torch.arange(u.shape[1], device=u.device) if states else None
+            y, _, st = _triton_scan()(u, delta, A, B, C, D, z, bias, softplus, h0, positions, None, None)
+            return y, st
+        res = selective_scan(u, delta, A, B, C, D, z=z, delta_bias=bias, delta_softplus=softplus, initial_state=h0,
+                             state_positions="all" if states else None, backend=backend)
+        return res.out, res.states
 
     def _in_proj(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
         """(x, z) ``[b, L, d_inner]`` each. On CUDA, when ``in_proj`` is idle, two
