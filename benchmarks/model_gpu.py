@@ -211,6 +211,39 @@ def conv_sweep(log) -> None:
     conv1d_triton.BLOCK = default
 
 
+def diagnose(size: str, dtype: torch.dtype, log) -> None:
+    """Where a cached column's extra time goes: its device time per forward (profiler)
+    against the no-hooks forward's, and its wall time with Python's garbage collector
+    paused (TransformerLens makes many small objects per call)."""
+    import gc
+
+    model = build(size, dtype)
+    tokens = token_sets(SIZES[size][1])
+    runs = variants(model)
+    acts = [torch.profiler.ProfilerActivity.CUDA]
+    for name in ("no hooks", "resid cached", "Δ,B,C cached"):
+        fn = runs[name]
+        wall = bench(fn, tokens)
+        gc.disable()
+        try:
+            wall_nogc = bench(fn, tokens)
+        finally:
+            gc.enable()
+        with torch.no_grad(), torch.profiler.profile(activities=acts) as prof:
+            for i in range(3):
+                fn(tokens[i])
+            torch.cuda.synchronize()
+        kernels = torch.autograd.DeviceType.CUDA  # the kernels' own rows (ops' rows repeat their time)
+        events = [e for e in prof.key_averages() if e.device_type == kernels]
+        dev = sum(e.self_device_time_total for e in events) / 3e3
+        top = sorted(events, key=lambda e: -e.self_device_time_total)[:6]
+        log(f"diagnose {size} {name}: wall {wall:.2f} ms, with gc paused {wall_nogc:.2f} ms, device time "
+            f"{dev:.2f} ms per forward; top: " + "; ".join(f"{e.key[:40]} {e.self_device_time_total / 3e3:.2f}"
+                                                           for e in top))
+    del model
+    torch.cuda.empty_cache()
+
+
 def table(size: str, dtype: torch.dtype, log) -> list[str]:
     """One markdown row per (size, dtype): our columns, mamba_ssm's, ratios."""
     batch = SIZES[size][1]
@@ -247,6 +280,8 @@ def main() -> None:
     ap.add_argument("--check", action="store_true", help="correctness first (fused vs module path, hooks)")
     ap.add_argument("--no-table", action="store_true")
     ap.add_argument("--conv-sweep", action="store_true", help="time the conv kernel's tile shapes")
+    ap.add_argument("--diagnose", nargs="*", default=[], choices=sorted(SIZES),
+                    help="device time and gc-paused wall time of the cached columns")
     ap.add_argument("--profile", nargs="*", default=[], choices=sorted(SIZES), help="torch profiler of these sizes")
     ap.add_argument("--log", default=None, help="also append every line to this file")
     args = ap.parse_args()
@@ -267,6 +302,8 @@ def main() -> None:
                 ok &= check(size, getattr(torch, dt), log)
     if args.conv_sweep:
         conv_sweep(log)
+    for size in args.diagnose:
+        diagnose(size, getattr(torch, args.dtypes[0]), log)
     for size in args.profile:
         profile(size, getattr(torch, args.dtypes[0]), log)
     if not args.no_table:

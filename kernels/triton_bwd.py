@@ -74,8 +74,8 @@ def _bwd_kernel(
     # address on the device, Triton 3.6, when the initial-state load did).
     A = _load_state(A_ptr, 0, off_dn, one == 0, m_dn, VEC)  # log2(e) is folded into Δ in the recompute
     A2 = A * LOG2E
-    bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0)[None, None, :] if HAS_BIAS else 0.0
-    Dv = tl.load(D_ptr + ch, mask=cmask, other=0.0)[None, None, :] if HAS_D else 0.0
+    bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0).to(tl.float32)[None, None, :] if HAS_BIAS else 0.0
+    Dv = tl.load(D_ptr + ch, mask=cmask, other=0.0).to(tl.float32)[None, None, :] if HAS_D else 0.0
     Dv2 = tl.load(D_ptr + ch, mask=cmask, other=0.0)[None, :] if HAS_D else 0.0
 
     # Adjoint arriving at the segment's last state from everything after it.

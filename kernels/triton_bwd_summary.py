@@ -40,7 +40,7 @@ def _bwd_summary_kernel(
     off_dn = ch[None, :] * n + nn[:, None] * sn
     m_dn = cmask[None, :] & nmask[:, None]
     A2 = _load_state(A_ptr, 0, off_dn, one == 0, m_dn, VEC) * LOG2E
-    bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0)[None, None, :] if HAS_BIAS else 0.0
+    bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0).to(tl.float32)[None, None, :] if HAS_BIAS else 0.0
 
     gc = tl.zeros([NP, BD], dtype=tl.float32)
     sdt = tl.zeros([1, BD], dtype=tl.float32)

@@ -142,8 +142,8 @@ def _fwd_kernel(
     off_dn = ch[None, :] * n + nn[:, None]  # [NP, BD]
     m_dn = cmask[None, :] & nmask[:, None]
     A2 = _load_state(A_ptr, 0, off_dn, one == 0, m_dn, VEC) * LOG2E
-    bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0)[None, None, :] if HAS_BIAS else 0.0
-    Dv = tl.load(D_ptr + ch, mask=cmask, other=0.0)[None, None, :] if HAS_D else 0.0
+    bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0).to(tl.float32)[None, None, :] if HAS_BIAS else 0.0
+    Dv = tl.load(D_ptr + ch, mask=cmask, other=0.0).to(tl.float32)[None, None, :] if HAS_D else 0.0
 
     if HAS_H0:
         h = _load_state(h0_ptr, pid_b * dn, off_dn, one == 0, m_dn, VEC)

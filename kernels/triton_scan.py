@@ -286,8 +286,14 @@ def selective_scan_triton(
     u_, delta_ = u.contiguous(), delta.contiguous()
     z_ = z.contiguous() if z is not None else None
     A_ = _aligned(A.float().contiguous())
-    D_ = D.float().contiguous() if D is not None else None
-    bias_ = delta_bias.float().contiguous() if delta_bias is not None else None
+    # Without gradients D and the Δ bias go in as they are (the kernels convert them on
+    # load): two launches a call fewer, which the host pays on every model layer. With
+    # gradients, fp32 copies, so that the kernels' fp32 gradients map back through them.
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad
+        for t in (u, delta, A, B, C, D, z, delta_bias, initial_state, override_values))
+    D_ = (D.float() if needs_grad else D).contiguous() if D is not None else None
+    bias_ = (delta_bias.float() if needs_grad else delta_bias).contiguous() if delta_bias is not None else None
     h0 = _aligned(initial_state.float().contiguous()) if initial_state is not None else None
     ov = _aligned(override_values.float().contiguous()) if override_values is not None else None
     sidx = _index_map(state_positions, L, u.device)
@@ -297,7 +303,7 @@ def selective_scan_triton(
 
     tensors = (u_, delta_, A_, Bg, Cg, D_, z_, bias_, h0, ov)
     call = _Call(delta_softplus, sidx, n_st, ovidx, p, fwd, bwd)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if needs_grad:
         y, hT, st = _ScanFunction.apply(*tensors, call)
         return y, hT, st
     y, hT, st, _ = _forward(call, *tensors, ck_every=0)

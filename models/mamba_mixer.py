@@ -164,7 +164,8 @@ class MambaMixer(nn.Module):
         in_scan = resume is None and not want_states and hook_idle(self.hook_delta)
         if in_scan:  # Δ = softplus(dt_proj(dt)), computed by the scan from the product
             delta, bias = F.linear(dt, self.dt_proj.weight), self.dt_proj.bias
-        else:  # the bias added in the product's epilogue: one pass over Δ fewer
+        else:  # on CUDA the bias is added in the product's epilogue (a contiguous dt): a pass fewer
+            dt = dt.contiguous() if dt.is_cuda else dt
             delta, bias = self.hook_delta(F.softplus(F.linear(dt, self.dt_proj.weight, self.dt_proj.bias))), None
         B = self.hook_B(B)
         C = self.hook_C(C)
@@ -196,7 +197,7 @@ class MambaMixer(nn.Module):
         arguments are well-formed by construction, and the public API's checks took a
         sixth of a forward's host time (benchmarks/NOTES_model.md), which the GPU waits
         for at mamba-130m size."""
-        D = self.D.float()
+        D = self.D
         backend = self.cfg.scan_backend
         if u.is_cuda and backend in ("auto", "triton") and _triton_scan() is not None:
             positions = torch.arange(u.shape[1], device=u.device) if states else None
