@@ -38,6 +38,7 @@ from ssmlens.kernels.triton_common import _SIZES, LOG2E, _dt_of, _flags, _load_i
 from ssmlens.kernels.triton_fwd_summary import _fwd_summary_kernel
 from ssmlens.kernels.triton_state_io import _load_row, _load_state, _store_state
 
+
 @triton.jit
 def _fold_maps(h, P_ptr, S_ptr, base, first, step, count, dn, off_dn, one, m_dn, VEC: tl.constexpr):
     """h after the segment maps h <- P_j ⊙ h + S_j, j = first, first + step, ... (count of
@@ -209,7 +210,7 @@ def _fwd_kernel(
 
 def scan_fwd(u, delta, A, Bg, Cg, D, z, bias, softplus, h0, sidx, n_st, ov_val, ovidx, plan, ck_every=0):
     """Launch the forward. u, delta, z ``[b, L, d]`` contiguous; A ``[d, n]`` fp32;
-    Bg, Cg ``[b, L, g, n]`` fp32 contiguous; D, bias ``[d]`` fp32 or None; h0 ``[b, d, n]``;
+    Bg, Cg ``[b, L, g, n]`` fp32 contiguous; D, bias ``[d]`` (any float dtype: read as fp32) or None; h0 ``[b, d, n]``;
     ov_val ``[b, P, d, n]`` fp32 or None;
     sidx/ovidx int32 ``[L]`` (-1 = none) or None; ``plan`` from ``triton_scan.plan``.
     Returns (y in u's dtype, final state fp32, states ``[b, n_st, d, n]`` or None,
