@@ -1,4 +1,6 @@
 """Selective scan kernels: public API, torch backend, float64 reference (DESIGN §3).
+Beside them, the Mamba block's fused ops with their references: ``kernels.conv1d``
+(causal depthwise conv + bias + silu) and ``kernels.norm`` (RMSNorm).
 
 Knows nothing about models. ``import ssmlens.kernels`` needs torch and einops only.
 """

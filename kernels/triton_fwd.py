@@ -1,4 +1,4 @@
-"""Triton forward kernels of the Mamba-1 selective scan (DESIGN §3).
+"""Forward kernel of the Mamba-1 selective scan (DESIGN §3): the recurrence and its launch.
 
 Layout: one thread owns one channel's whole state h ``[n]`` in registers; a program
 owns ``BD = 32·num_warps`` channels of one group of one sequence, and walks its
@@ -15,13 +15,12 @@ reads whole rows of them.
 EVEN calls (n a power of two ≥ 4, L a multiple of T, channels a multiple of BD) run
 without masks, and move every state-shaped tensor (states, checkpoints, override
 values, initial and final state, segment maps) as 16-byte vectors in the recurrence's
-own layout through inline PTX (``_store_state`` / ``_load_state``): tl.load/tl.store
-would have moved h to a coalesced layout through shared memory at every step.
+own layout (``triton_state_io.py``).
 
 Long sequences with few channels are cut into ``n_seg`` segments scanned in
-parallel: ``_fwd_summary_kernel`` gives each segment's map h_end = P ⊙ h_start + S
-(P = exp(A·ΣΔ), or 0 if an override sits in the segment), and ``_fwd_kernel`` folds
-the earlier segments' maps into its starting state.
+parallel: ``_fwd_summary_kernel`` (``triton_fwd_summary.py``) gives each segment's map
+h_end = P ⊙ h_start + S (P = exp(A·ΣΔ), or 0 if an override sits in the segment), and
+``_fwd_kernel`` folds the earlier segments' maps into its starting state.
 
 Options, all as compile-time flags: Δ bias and softplus, D skip, silu(z) gate,
 initial state, states written only at positions with ``sidx[t] >= 0`` (slot
@@ -31,135 +30,13 @@ checkpoints of h every ``CK`` positions for the backward pass (``triton_bwd.py``
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
-
-# ``r`` (channels per group) must stay unspecialized: were channel offsets known to be
-# aligned, the coalescing pass would vectorize the [T, 1, BD] tiles along channels and
-# spread T over lanes, and that layout would reach the recurrence (8x the exps).
-# The counts are not specialized either, so the segment-count tuning never recompiles.
-# L, g and above all ``seg_len`` stay specialized: with seg_len unspecialized the
-# forward ran 2x slower on the H100 with Triton 3.6 (benchmarks/NOTES_scan.md).
-_SIZES = ["r", "n_seg", "n_st", "n_ov", "n_ck"]
-
-# Inline PTX (the 16-byte state-row accesses below) exists only for compiled kernels;
-# this module is also loaded under Triton's interpreter.
-# SSMLENS_SCAN_PTX=0 switches it off (to measure what it buys).
-PTX = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0").lower() not in ("1", "true", "on", "yes")
-                   and os.environ.get("SSMLENS_SCAN_PTX", "1") != "0")
-
-
-@triton.jit
-def _softplus(x):
-    # log(1 + exp(x)) in fp32; above 20 it equals x to fp32 precision. Written with
-    # exp2/log2, which compile to single approximate instructions (tl.log inlines
-    # libdevice's logf, branches and all).
-    return tl.where(x > 20.0, x, LN2 * tl.log2(1.0 + tl.exp2(tl.minimum(x, 20.0) * LOG2E)))
-
-
-@triton.jit
-def _dt_of(dl, bias, m_x, SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN: tl.constexpr):
-    """Δ tile ``[T, 1, BD]`` in fp32 from the raw one (0 outside the mask unless EVEN,
-    so those steps keep h), and the value before softplus (its derivative needs it)."""
-    dl = dl.to(tl.float32)
-    if HAS_BIAS:
-        dl = dl + bias
-    if SOFTPLUS:
-        dt = _softplus(dl)
-    else:
-        dt = dl
-    if not EVEN:
-        dt = tl.where(m_x, dt, 0.0)
-    return dt, dl
-
-
-@triton.jit
-def _chunk_dt(dl_ptr, bias, x_off, m_x, SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN: tl.constexpr):
-    """``_dt_of`` of the Δ tile at ``dl_ptr + x_off``."""
-    if EVEN:
-        dl = tl.load(dl_ptr + x_off)
-    else:
-        dl = tl.load(dl_ptr + x_off, mask=m_x, other=0.0)
-    return _dt_of(dl, bias, m_x, SOFTPLUS, HAS_BIAS, EVEN)
-
-
-@triton.jit
-def _load_tile(ptr, x_base, t0, tt3, ch, cmask, d, L, EVEN: tl.constexpr):
-    """The ``[T, 1, BD]`` tile of a ``[b, L, d]`` input at positions t0.., raw dtype.
-    Rows past L are clamped (read but never used), so that the next chunk can be
-    loaded a chunk ahead; channels past the group read 0 unless EVEN."""
-    x_off = x_base + tl.minimum(t0 + tt3, L - 1) * d + ch[None, None, :]
-    if EVEN:
-        return tl.load(ptr + x_off)
-    else:
-        return tl.load(ptr + x_off, mask=cmask[None, None, :], other=0.0)
-
-
-@triton.jit
-def _load_idx(ptr, t0, tt3, seg_end):
-    """The chunk's slots ``[T, 1, 1]`` in an index map (-1: none, or past seg_end)."""
-    return tl.load(ptr + t0 + tt3, mask=(t0 + tt3) < seg_end, other=-1)
-
-
-@triton.jit
-def _store_state(ptr, row, off, h, row_ok, m_dn, VEC: tl.constexpr):
-    """Store a state-shaped ``[NP, BD]`` tile (n inside the thread) at ``ptr + row +
-    off`` (row: a scalar offset, off: int32 ``[NP, BD]``) where ``row_ok & m_dn``.
-    With VEC (n == NP, a multiple of 4: m_dn is all true, rows 16-byte aligned) each
-    thread writes its own row as 16-byte vectors, in the tile's own layout: tl.store
-    would first move h into a coalesced layout (n over lanes) through shared memory,
-    at every step of the loop, stored or not (benchmarks/NOTES_scan.md)."""
-    if VEC:
-        base = (ptr + row).to(tl.int64)
-        tl.inline_asm_elementwise(
-            "{ .reg .pred p; .reg .b64 a; setp.ne.b32 p, $16, 0; mad.wide.s32 a, $8, 4, $4;\n"
-            "@p st.global.v4.f32 [a], {$12, $13, $14, $15};\n"
-            "mov.b32 $0, 0; mov.b32 $1, 0; mov.b32 $2, 0; mov.b32 $3, 0; }",
-            "=r,=r,=r,=r,l,l,l,l,r,r,r,r,f,f,f,f,r,r,r,r",
-            [base, off, h, row_ok.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=4)
-    else:
-        tl.store(ptr + row + off, h, mask=row_ok & m_dn)
-
-
-@triton.jit
-def _load_state(ptr, row, off, row_ok, m_dn, VEC: tl.constexpr):
-    """Load a state-shaped fp32 ``[NP, BD]`` tile, 0 where not ``row_ok & m_dn``;
-    addresses and VEC as for ``_store_state``."""
-    if VEC:
-        base = (ptr + row).to(tl.int64)
-        return tl.inline_asm_elementwise(
-            "{ .reg .pred p; .reg .b64 a; setp.ne.b32 p, $12, 0; mad.wide.s32 a, $8, 4, $4;\n"
-            "mov.b32 $0, 0; mov.b32 $1, 0; mov.b32 $2, 0; mov.b32 $3, 0;\n"
-            "@p ld.global.v4.f32 {$0, $1, $2, $3}, [a]; }",
-            "=f,=f,=f,=f,l,l,l,l,r,r,r,r,r,r,r,r",
-            [base, off, row_ok.to(tl.int32)], dtype=tl.float32, is_pure=False, pack=4)
-    else:
-        return tl.load(ptr + row + off, mask=row_ok & m_dn, other=0.0)
-
-
-@triton.jit
-def _load_row(ptr, row, nn, VEC: tl.constexpr, SALT: tl.constexpr = 0):
-    """One fp32 row ``[NP, 1]`` of B or C at ``ptr + row + nn`` (every thread holds it
-    all). With VEC (n == NP, a multiple of 4) and fp32 B, C: through the read-only path
-    (ld.global.nc), so that the compiler may move these loads across the stores of the
-    loop (states, checkpoints), which it must otherwise assume could write B and C.
-    SALT (an operand the instruction ignores) keeps two loads of one row apart: the
-    backward reads each row twice, and holding them from one loop to the next spilled."""
-    if VEC and ptr.dtype.element_ty == tl.float32:
-        base = (ptr + row).to(tl.int64)
-        return tl.inline_asm_elementwise(
-            "{ .reg .b64 a; mad.wide.s32 a, $8, 4, $4;\n"
-            "ld.global.nc.v4.f32 {$0, $1, $2, $3}, [a]; }",
-            "=f,=f,=f,=f,l,l,l,l,r,r,r,r,r,r,r,r",
-            [base, nn[:, None], tl.full([1, 1], SALT, tl.int32)], dtype=tl.float32, is_pure=True, pack=4)
-    else:
-        return tl.load(ptr + row + nn[:, None]).to(tl.float32)
+from ssmlens.kernels.triton_common import _SIZES, LOG2E, _dt_of, _flags, _load_idx, _load_tile
+from ssmlens.kernels.triton_fwd_summary import _fwd_summary_kernel
+from ssmlens.kernels.triton_state_io import _load_row, _load_state, _store_state
 
 
 @triton.jit
@@ -266,8 +143,8 @@ def _fwd_kernel(
     off_dn = ch[None, :] * n + nn[:, None]  # [NP, BD]
     m_dn = cmask[None, :] & nmask[:, None]
     A2 = _load_state(A_ptr, 0, off_dn, one == 0, m_dn, VEC) * LOG2E
-    bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0)[None, None, :] if HAS_BIAS else 0.0
-    Dv = tl.load(D_ptr + ch, mask=cmask, other=0.0)[None, None, :] if HAS_D else 0.0
+    bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0).to(tl.float32)[None, None, :] if HAS_BIAS else 0.0
+    Dv = tl.load(D_ptr + ch, mask=cmask, other=0.0).to(tl.float32)[None, None, :] if HAS_D else 0.0
 
     if HAS_H0:
         h = _load_state(h0_ptr, pid_b * dn, off_dn, one == 0, m_dn, VEC)
@@ -331,94 +208,9 @@ def _fwd_kernel(
     _store_state(hT_ptr, pid_b * dn, off_dn, h, (one + pid_s) == n_seg - 1, m_dn, VEC)
 
 
-@triton.jit(do_not_specialize=_SIZES)
-def _fwd_summary_kernel(
-    u_ptr, dl_ptr, A_ptr, B_ptr, bias_ptr, ov_ptr, ovidx_ptr, sumP_ptr, sumS_ptr,
-    L, d, n, g, r, seg_len, n_seg, n_ov,
-    BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
-    SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_OV: tl.constexpr,
-    EVEN: tl.constexpr, VEC: tl.constexpr,
-):
-    """Grid (g·blocks, b, n_seg - 1): each segment's map h_end = P ⊙ h_start + S, with
-    S its end state from h_start = 0 and P = exp(A·ΣΔ) (0 if it holds an override)."""
-    pid0 = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    pid_s = tl.program_id(2)
-    nblk = tl.cdiv(r, BD)
-    grp = pid0 // nblk
-    c_loc = (pid0 % nblk) * BD + tl.arange(0, BD)
-    cmask = c_loc < r
-    ch = grp * r + c_loc
-    nn = tl.arange(0, NP)
-    nmask = nn < n
-    tt3 = tl.arange(0, T)[:, None, None]
-    one = tl.zeros([1, 1], dtype=tl.int32)
-    dn = d * n
-    off_dn = ch[None, :] * n + nn[:, None]
-    m_dn = cmask[None, :] & nmask[:, None]
-    A2 = _load_state(A_ptr, 0, off_dn, one == 0, m_dn, VEC) * LOG2E
-    bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0)[None, None, :] if HAS_BIAS else 0.0
-
-    h = tl.zeros([NP, BD], dtype=tl.float32)
-    sdt = tl.zeros([1, BD], dtype=tl.float32)
-    any_ov = tl.zeros([1, 1], dtype=tl.int32) - 1
-    seg_start = pid_s * seg_len
-    seg_end = tl.minimum(seg_start + seg_len, L)
-    x_base = pid_b * L * d
-    bc_base = pid_b * L * g * n + grp * n
-    u_nx = _load_tile(u_ptr, x_base, seg_start, tt3, ch, cmask, d, L, EVEN)  # a chunk ahead, as above
-    dl_nx = _load_tile(dl_ptr, x_base, seg_start, tt3, ch, cmask, d, L, EVEN)
-    if HAS_OV:
-        oi_nx = _load_idx(ovidx_ptr, seg_start, tt3, seg_end)
-    for t0 in range(seg_start, seg_end, T):
-        u_raw = u_nx
-        dl_raw = dl_nx
-        u_nx = _load_tile(u_ptr, x_base, t0 + T, tt3, ch, cmask, d, L, EVEN)
-        dl_nx = _load_tile(dl_ptr, x_base, t0 + T, tt3, ch, cmask, d, L, EVEN)
-        if HAS_OV:
-            oi = oi_nx
-            oi_nx = _load_idx(ovidx_ptr, t0 + T, tt3, seg_end)
-        tv3 = t0 + tt3
-        tm3 = tv3 < seg_end
-        m_x = tm3 & cmask[None, None, :]
-        u = u_raw.to(tl.float32)
-        if not EVEN:
-            u = tl.where(m_x, u, 0.0)
-        dt, dl = _dt_of(dl_raw, bias, m_x, SOFTPLUS, HAS_BIAS, EVEN)
-        dtu = dt * u
-        sdt += tl.sum(dt, axis=0)
-        if HAS_OV:
-            any_ov = tl.maximum(any_ov, tl.max(oi, axis=0))
-        for k in tl.static_range(T):
-            sel = tt3 == k
-            if EVEN:
-                Bk = _load_row(B_ptr, bc_base + (t0 + k) * (g * n), nn, VEC)
-            else:
-                bc_off = bc_base + tl.minimum(t0 + k, L - 1) * (g * n) + nn[:, None]
-                Bk = tl.load(B_ptr + bc_off, mask=nmask[:, None], other=0.0)
-            h = tl.exp2(tl.sum(tl.where(sel, dt, 0.0), axis=0) * A2) * h + tl.sum(tl.where(sel, dtu, 0.0), axis=0) * Bk
-            if HAS_OV:
-                ok = tl.sum(tl.where(sel, oi, 0), axis=0)
-                v = _load_state(ov_ptr, (pid_b * n_ov + tl.maximum(ok, 0)) * dn, off_dn, ok >= 0, m_dn, VEC)
-                h = tl.where(ok >= 0, v, h)
-    P = tl.exp2(A2 * sdt)
-    if HAS_OV:
-        P = tl.where(any_ov >= 0, 0.0, P)
-    s_row = (pid_b * n_seg + pid_s) * dn
-    _store_state(sumP_ptr, s_row, off_dn, P, one == 0, m_dn, VEC)
-    _store_state(sumS_ptr, s_row, off_dn, h, one == 0, m_dn, VEC)
-
-
-def _flags(L: int, n: int, r: int, plan, T: int) -> tuple[bool, bool]:
-    """(EVEN, VEC) for a launch: EVEN drops masks and clamps; VEC moves state rows as
-    16-byte vectors (compiled kernels only)."""
-    even = n == plan.NP and L % T == 0 and r % plan.BD == 0
-    return even, bool(even and n % 4 == 0 and PTX)
-
-
 def scan_fwd(u, delta, A, Bg, Cg, D, z, bias, softplus, h0, sidx, n_st, ov_val, ovidx, plan, ck_every=0):
     """Launch the forward. u, delta, z ``[b, L, d]`` contiguous; A ``[d, n]`` fp32;
-    Bg, Cg ``[b, L, g, n]`` fp32 contiguous; D, bias ``[d]`` fp32 or None; h0 ``[b, d, n]``;
+    Bg, Cg ``[b, L, g, n]`` fp32 contiguous; D, bias ``[d]`` (any float dtype: read as fp32) or None; h0 ``[b, d, n]``;
     ov_val ``[b, P, d, n]`` fp32 or None;
     sidx/ovidx int32 ``[L]`` (-1 = none) or None; ``plan`` from ``triton_scan.plan``.
     Returns (y in u's dtype, final state fp32, states ``[b, n_st, d, n]`` or None,

@@ -1,7 +1,9 @@
 """`triton` backend of the selective scan: launch plan, autograd Function, entry point.
 
 ``selective_scan_triton`` takes the normalized call of ``ssmlens.kernels.scan`` and runs the
-kernels of ``triton_fwd.py`` (forward) and ``triton_bwd.py`` (backward). When any
+kernels of ``triton_fwd.py`` (forward) and ``triton_bwd.py`` (backward), with their
+helpers in ``triton_common.py``, ``triton_state_io.py``, ``triton_lanes.py`` and the
+segment summaries in ``triton_fwd_summary.py`` / ``triton_bwd_summary.py``. When any
 input needs a gradient, the forward also stores h every ``T_bwd`` positions
 (checkpoints) and the call goes through ``_ScanFunction``, so gradients reach u, Δ,
 A, B, C, D, z, the Δ bias, the initial state and the override values — attribution
@@ -9,26 +11,24 @@ can differentiate with respect to a hidden state.
 
 On CUDA tensors the compiled kernels run. On CPU tensors the same kernels run under
 Triton's interpreter, which needs ``TRITON_INTERPRET=1`` before ``triton`` is first
-imported; if this module itself was imported before the switch, interpreted copies of
-the kernel modules are loaded on first use. On CUDA the segment counts are tuned once
-per kind of call by timing (``_tune_segments``): the first call of a new shape runs
-the kernels a few extra times.
+imported; if the kernel modules were imported before the switch, interpreted copies
+of them are loaded on first use (``triton_loader.py``). On CUDA the segment counts are
+tuned once per kind of call by timing (``_tune_segments``): the first call of a new
+shape runs the kernels a few extra times.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
-import os
-import sys
 from dataclasses import dataclass, replace
 from types import ModuleType
 
 import torch
+import triton  # noqa: F401  (this backend exists where Triton does: kernels.scan tries this import)
 from torch import Tensor
 
-from ssmlens.kernels import triton_bwd, triton_fwd
+from ssmlens.kernels.triton_loader import kernel_modules
 
 
 @dataclass(frozen=True)
@@ -150,49 +150,15 @@ def _key(kind, u, delta, Bg, A, flags) -> tuple:
     return (kind, tuple(u.shape), Bg.shape[2], A.shape[1], u.dtype, delta.dtype, Bg.dtype, flags, u.device)
 
 
-_INTERPRETED: tuple[ModuleType, ModuleType] | None = None
-
-
-def _load_copy(name: str, path: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+# The scan's kernel modules, each after those it imports from (``triton_loader``).
+_SCAN_MODULES = ("triton_common", "triton_state_io", "triton_lanes", "triton_fwd_summary", "triton_fwd",
+                 "triton_bwd_summary", "triton_bwd")
 
 
 def _modules(interpret: bool) -> tuple[ModuleType, ModuleType]:
     """(forward module, backward module) whose kernels suit the tensors' device."""
-    global _INTERPRETED
-    if not interpret:
-        return triton_fwd, triton_bwd
-    import triton.language.standard as tl_standard
-    from triton.runtime.interpreter import InterpretedFunction
-
-    if not isinstance(tl_standard.cdiv, InterpretedFunction):
-        # triton's own jit helpers (tl.sum, tl.cdiv, ...) were built compiled: only a
-        # process that sets the switch before its first `import triton` can interpret.
-        raise RuntimeError("the Triton interpreter needs TRITON_INTERPRET=1 set before triton is first "
-                           "imported in this process")
-    if isinstance(triton_fwd._fwd_kernel, InterpretedFunction):
-        return triton_fwd, triton_bwd
-    if _INTERPRETED is None:
-        old = os.environ.get("TRITON_INTERPRET")
-        os.environ["TRITON_INTERPRET"] = "1"
-        try:
-            fwd = _load_copy("ssmlens.kernels._triton_fwd_interpreted", triton_fwd.__file__)
-            bwd = _load_copy("ssmlens.kernels._triton_bwd_interpreted", triton_bwd.__file__)
-        finally:
-            if old is None:
-                del os.environ["TRITON_INTERPRET"]
-            else:
-                os.environ["TRITON_INTERPRET"] = old
-        for name in ("LOG2E", "_SIZES", "_chunk_dt", "_dt_of", "_flags", "_load_row", "_load_state",
-                     "_load_tile", "_store_state", "_load_idx",
-                     "_fold_maps"):  # the helpers bwd imported from fwd
-            setattr(bwd, name, getattr(fwd, name))
-        _INTERPRETED = (fwd, bwd)
-    return _INTERPRETED
+    mods = kernel_modules(_SCAN_MODULES, interpret)
+    return mods[-3], mods[-1]
 
 
 @dataclass
@@ -320,8 +286,14 @@ def selective_scan_triton(
     u_, delta_ = u.contiguous(), delta.contiguous()
     z_ = z.contiguous() if z is not None else None
     A_ = _aligned(A.float().contiguous())
-    D_ = D.float().contiguous() if D is not None else None
-    bias_ = delta_bias.float().contiguous() if delta_bias is not None else None
+    # Without gradients D and the Δ bias go in as they are (the kernels convert them on
+    # load): two launches a call fewer, which the host pays on every model layer. With
+    # gradients, fp32 copies, so that the kernels' fp32 gradients map back through them.
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad
+        for t in (u, delta, A, B, C, D, z, delta_bias, initial_state, override_values))
+    D_ = (D.float() if needs_grad else D).contiguous() if D is not None else None
+    bias_ = (delta_bias.float() if needs_grad else delta_bias).contiguous() if delta_bias is not None else None
     h0 = _aligned(initial_state.float().contiguous()) if initial_state is not None else None
     ov = _aligned(override_values.float().contiguous()) if override_values is not None else None
     sidx = _index_map(state_positions, L, u.device)
@@ -331,7 +303,7 @@ def selective_scan_triton(
 
     tensors = (u_, delta_, A_, Bg, Cg, D_, z_, bias_, h0, ov)
     call = _Call(delta_softplus, sidx, n_st, ovidx, p, fwd, bwd)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if needs_grad:
         y, hT, st = _ScanFunction.apply(*tensors, call)
         return y, hT, st
     y, hT, st, _ = _forward(call, *tensors, ck_every=0)

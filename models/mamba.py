@@ -15,9 +15,11 @@ import torch.nn as nn
 from torch import Tensor
 
 from ssmlens.interp.hooks import HookPoint
+from ssmlens.kernels.norm import rms_norm
 from ssmlens.models.lm import LanguageModel
 from ssmlens.models.mamba_mixer import MambaMixer, MixerOptions
-from ssmlens.models.norm import make_norm
+from ssmlens.models.fast_path import idle
+from ssmlens.models.norm import RMSNorm, make_norm
 from ssmlens.models.resume import Resume
 
 
@@ -54,7 +56,16 @@ class MambaBlock(nn.Module):
 
     def forward(self, resid: Tensor, resume: Resume | None = None) -> Tensor:
         resid = self.hook_resid_pre(resid)
-        return self.hook_resid_post(resid + self.mixer(self.norm(resid), resume and resume.sub("mixer")))
+        return self.hook_resid_post(resid + self.mixer(self._norm(resid), resume and resume.sub("mixer")))
+
+    def _norm(self, resid: Tensor) -> Tensor:
+        """``self.norm(resid)``; one fused op (``ssmlens.kernels.norm.rms_norm``, the same
+        arithmetic) when the norm is an RMSNorm that nothing can see run
+        (``ssmlens.models.fast_path.idle``: no hook on it or its hook points)."""
+        norm = self.norm
+        if isinstance(norm, RMSNorm) and idle(norm):
+            return rms_norm(resid, norm.weight, norm.eps)
+        return norm(resid)
 
     @property
     def read_reach(self) -> int:
@@ -98,7 +109,7 @@ class MambaBlock(nn.Module):
         at = (resume.start[:, None] + local).clamp(max=resume.seq_len - 1)
         resid_read = torch.where(inside, resid[rows, local.clamp(max=resid.shape[1] - 1)],
                                  resume.cache[resume.scope + "hook_resid_pre"][resume.ex[:, None], at].to(resid.dtype))
-        return resid_read + self.mixer.read_out(self.norm(resid[:, :span]), mixer, local)
+        return resid_read + self.mixer.read_out(self._norm(resid[:, :span]), mixer, local)
 
 
 class Mamba(LanguageModel):

@@ -16,6 +16,7 @@ were overridden), which attribution patching needs.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -26,8 +27,20 @@ from torch import Tensor
 
 from ssmlens.interp.hooks import HookPoint
 from ssmlens.kernels import linear_recurrence, selective_scan
+from ssmlens.kernels.conv1d import causal_conv1d
+from ssmlens.models.fast_path import hook_idle, idle
 from ssmlens.models.resume import Resume, StateEdit
 from ssmlens.models.resume_scan import read_state, scan_read_out, scan_window
+
+
+def _triton_scan() -> Callable | None:
+    """The Triton backend's entry point, or None where Triton does not import (imported
+    on first use: importing triton early would decide its interpreter switch)."""
+    try:
+        from ssmlens.kernels.triton_scan import selective_scan_triton
+    except ImportError:
+        return None
+    return selective_scan_triton
 
 
 @dataclass(kw_only=True)
@@ -122,49 +135,98 @@ class MambaMixer(nn.Module):
 
         With ``resume`` (``ssmlens.models.resume``), hidden holds each row's window only; the
         conv reads the cached x before the window and the scan starts from the cached
-        state at ``start − 1``."""
+        state at ``start − 1``.
+
+        Fused paths (``ssmlens.models.fast_path``), each taken only when nothing can see
+        the difference: x and z as two products (``_in_proj``), the conv, bias and silu
+        as one op (``_conv``), and Δ's bias and softplus inside the scan when
+        ``hook_delta`` and ``hook_ssm_state`` are idle (Δ is then never materialized)."""
         edit = resume.own_edit if resume is not None else None
         if edit is not None:
             return self._edited(resume, edit)
-        L = hidden.shape[1]
         cfg = self.cfg
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        x, z = self._in_proj(hidden)
         x = self.hook_x(x)
         z = self.hook_z(z)
         h0 = None
         if resume is None:
-            u = F.silu(self.conv1d(rearrange(x, "b l d -> b d l"))[..., :L])
+            u = self._conv(x)
         else:
             # the conv's zero padding is replaced by the cached x before the window
             x_ext = torch.cat([resume.before("hook_x", cfg.d_conv - 1).to(x.dtype), x], dim=1)
-            u = F.silu(F.conv1d(rearrange(x_ext, "b l d -> b d l"), self.conv1d.weight, self.conv1d.bias,
-                                groups=self.conv1d.groups))
+            u = rearrange(F.silu(F.conv1d(rearrange(x_ext, "b l d -> b d l"), self.conv1d.weight, self.conv1d.bias,
+                                          groups=self.conv1d.groups)), "b d l -> b l d")
             h0 = resume.before("hook_ssm_state", 1)[:, 0]
-        u = self.hook_conv(rearrange(u, "b d l -> b l d"))
-        dt, B, C = self.x_proj(u).split([cfg.rank, cfg.d_state, cfg.d_state], dim=-1)
-        delta = self.hook_delta(F.softplus(dt @ self.dt_proj.weight.T + self.dt_proj.bias))
+        u = self.hook_conv(u)
+        dt, B, C = self.x_proj(u).split_with_sizes([cfg.rank, cfg.d_state, cfg.d_state], dim=-1)
+        want_states = self.hook_ssm_state.listened
+        want_y = self.hook_ssm_out.listened or want_states
+        in_scan = resume is None and not want_states and hook_idle(self.hook_delta)
+        if in_scan:  # Δ = softplus(dt_proj(dt)), computed by the scan from the product
+            delta, bias = F.linear(dt, self.dt_proj.weight), self.dt_proj.bias
+        else:  # on CUDA the bias is added in the product's epilogue (a contiguous dt): a pass fewer
+            dt = dt.contiguous() if dt.is_cuda else dt
+            delta, bias = self.hook_delta(F.softplus(F.linear(dt, self.dt_proj.weight, self.dt_proj.bias))), None
         B = self.hook_B(B)
         C = self.hook_C(C)
         A = self.A
 
-        want_states = self.hook_ssm_state.listened
-        want_y = self.hook_ssm_out.listened or want_states
-        if resume is not None and self._window_scan(u):
-            y, states = scan_window(u, delta, self.A_log2, B, C, self.D, h0)
+        window = resume is not None and self._window_scan(u)
+
+        def scan(states: bool) -> tuple[Tensor, Tensor | None]:
+            """(y, states [b, L, d_inner, d_state] if ``states``): the window scan returns
+            y before D's gate in fp32 and always its states."""
+            if window:
+                return scan_window(u, delta, self.A_log2, B, C, self.D, h0)
+            return self._scan(u, delta, A, B, C, None if want_y else z, bias, in_scan, h0, states)
+
+        y, states = scan(want_states)
+        if window:
             y = y.to(u.dtype) if want_y else (y * F.silu(z.float())).to(u.dtype)
-        else:
-            res = selective_scan(
-                u, delta, A, B, C, self.D.float(), z=None if want_y else z,
-                delta_softplus=False, initial_state=h0, state_positions="all" if want_states else None,
-                backend=cfg.scan_backend,
-            )
-            y, states = res.out, res.states
         if want_states:
-            y = self._states_through_hook(states, y, delta, A, C)
+            y = self._states_through_hook(states, y, delta, A, C, rescan=lambda: scan(True)[1])
         if want_y:
             y = self.hook_ssm_out(y)
             y = y * F.silu(z)
         return self.hook_out(self.out_proj(y))
+
+    def _scan(self, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, z: Tensor | None,
+              bias: Tensor | None, softplus: bool, h0: Tensor | None, states: bool) -> tuple[Tensor, Tensor | None]:
+        """``selective_scan`` of this layer -> (y ``[b, L, d_inner]``, every state or
+        None). On CUDA with the Triton backend the backend is called directly: these
+        arguments are well-formed by construction, and the public API's checks took a
+        sixth of a forward's host time (benchmarks/NOTES_model.md), which the GPU waits
+        for at mamba-130m size."""
+        D = self.D
+        backend = self.cfg.scan_backend
+        if u.is_cuda and backend in ("auto", "triton") and _triton_scan() is not None:
+            positions = torch.arange(u.shape[1], device=u.device) if states else None
+            y, _, st = _triton_scan()(u, delta, A, B, C, D, z, bias, softplus, h0, positions, None, None)
+            return y, st
+        res = selective_scan(u, delta, A, B, C, D, z=z, delta_bias=bias, delta_softplus=softplus, initial_state=h0,
+                             state_positions="all" if states else None, backend=backend)
+        return res.out, res.states
+
+    def _in_proj(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """(x, z) ``[b, L, d_inner]`` each. On CUDA, when ``in_proj`` is idle, two
+        products with the halves of its weight give contiguous x and z: the halves of
+        one product are strided views, which the scan would copy. Not on the CPU: there
+        the torch scan re-lays its inputs anyway, and one product keeps the results
+        bit-identical to the module's (an nnsight trace calls every module)."""
+        if not (hidden.is_cuda and idle(self.in_proj)):
+            return self.in_proj(hidden).chunk(2, dim=-1)
+        W, b, di = self.in_proj.weight, self.in_proj.bias, self.cfg.d_inner
+        return (F.linear(hidden, W[:di], None if b is None else b[:di]),
+                F.linear(hidden, W[di:], None if b is None else b[di:]))
+
+    def _conv(self, x: Tensor) -> Tensor:
+        """u = silu(causal depthwise conv of x), ``[b, L, d_inner]``: one fused op
+        (``ssmlens.kernels.conv1d``) when the ``conv1d`` module is idle, else the module."""
+        conv = self.conv1d
+        if idle(conv):
+            return causal_conv1d(x, conv.weight[:, 0], conv.bias, silu=True)
+        L = x.shape[1]
+        return rearrange(F.silu(conv(rearrange(x, "b l d -> b d l"))[..., :L]), "b d l -> b l d")
 
     def _window_scan(self, u: Tensor) -> bool:
         """Whether a resumed window runs ``ssmlens.models.resume_scan.scan_window`` (on the CPU,
@@ -241,19 +303,34 @@ class MambaMixer(nn.Module):
         z = resume.cache[resume.scope + "hook_z"][ex, at].float()
         return (y0 + read_state(e_t, C)) * F.silu(z)
 
-    def _states_through_hook(self, h: Tensor, y: Tensor, delta: Tensor, A: Tensor, C: Tensor) -> Tensor:
+    def _states_through_hook(self, h: Tensor, y: Tensor, delta: Tensor, A: Tensor, C: Tensor,
+                             rescan: Callable[[], Tensor]) -> Tensor:
         """Fire hook_ssm_state on h ``[b, L, d_inner, d_state]`` and fold any edit into y.
 
         e_t = a_t·e_{t-1} + (h'_t − h_t) with a_t = Ā_t except 0 where h was edited,
         so h + e is the state sequence of a scan overridden at the edited positions,
-        and y + C·e its readout.
+        and y + C·e its readout. ``rescan()`` gives the scanned states again (for a hook
+        that edited them in place, without gradients).
         """
-        # The hook gets a copy: a hook that edits in place (``h[:, t] = v; return h``)
-        # must still be seen as an edit, so the scanned states are kept apart.
-        h_edit = self.hook_ssm_state(h.clone())
-        needs_grad = torch.is_grad_enabled() and h_edit.requires_grad
-        if not needs_grad and torch.equal(h_edit, h):  # a listener that only reads: one pass
-            return y
+        needs_grad = False
+        if torch.is_grad_enabled():
+            # The hook gets a copy: a hook that edits in place (``h[:, t] = v; return h``)
+            # must still be seen as an edit, so the scanned states are kept apart; the
+            # copy is also the tensor whose gradient is the total derivative.
+            h_edit = self.hook_ssm_state(h.clone())
+            needs_grad = h_edit.requires_grad
+            if not needs_grad and torch.equal(h_edit, h):  # a listener that only reads: one pass
+                return y
+        else:
+            # No copy (the states are the largest tensor of the forward): an in-place
+            # edit shows in h's version counter, and then the scan gives h again.
+            version = h._version
+            h_edit = self.hook_ssm_state(h)
+            if h._version == version:
+                if h_edit is h:  # a listener that only reads
+                    return y
+            else:
+                h = rescan()
         diff = h_edit - h
         edited = (diff != 0).flatten(2).any(-1)  # b L
         if not bool(edited.any()) and not needs_grad:

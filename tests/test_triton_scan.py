@@ -168,7 +168,7 @@ def test_interpreter_matches_reference(name, request):
 def test_interpreter_subprocess():
     env = dict(os.environ, TRITON_INTERPRET="1", SSMLENS_TRITON_SUBPROCESS="1")
     proc = subprocess.run([sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                           "-k", "interpreter_matches_reference or interpreter_no_grad"],
+                           "-k", "interpreter_matches_reference or interpreter_no_grad or interpreter_nan_inf"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
@@ -190,6 +190,60 @@ def test_interpreter_no_grad_path_and_plan():
         r = selective_scan(u, dl, A, B, C, z=z, return_final_state=True, backend="triton")
         ref = selective_scan(u, dl, A, B, C, z=z, return_final_state=True, backend="reference")
     assert _rel(r.out, ref.out) < 1e-5 and _rel(r.final_state, ref.final_state) < 1e-5
+
+
+# NaN and ±inf (issue 12, item 3): where the reference gives NaN or ±inf, so must the
+# Triton kernels, forward and backward; finite values agree as usual. Spots: a NaN and
+# ±inf in the raw Δ, NaN in u; or a NaN in the Δ bias (a whole channel).
+NONFINITE = {
+    "delta": dict(delta=[((0, 3, 1), float("nan")), ((1, 7, 2), float("inf")), ((0, 10, 4), -float("inf"))],
+                  u=[((1, 15, 0), float("nan"))]),
+    "bias": dict(delta_bias=[((3,), float("nan"))]),
+}
+
+
+def _check_nonfinite(spots, plan_overrides, dtype, device, request):
+    gen = _rng(request)
+    b, L, d, n = 2, 24, 5, 4
+    case = (b, L, d, n, None, dict(ALL, states="all"), plan_overrides)
+    x, kw = _inputs(case, dtype, device, gen)
+    with torch.no_grad():
+        for name, where in spots.items():
+            for idx, value in where:
+                x[name][idx] = value
+    weights = {}
+
+    def gen_w(outs):
+        key = tuple(tuple(o.shape) for o in outs)
+        if key not in weights:
+            weights[key] = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device) for o in outs]
+        return weights[key]
+
+    got = _run(x, kw, "triton", plan_overrides, gen_w)
+    want = _run(x, kw, "reference", {}, gen_w)
+    names = [f"out{i}" for i in range(len(got[0]))] + [f"d{k}" for k in got[1]]
+    pairs = list(zip(got[0], want[0])) + [(got[1][k], want[1][k]) for k in got[1]]
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    saw_nan = False
+    for name, (a, r) in zip(names, pairs):
+        a, r = a.detach().double().cpu(), r.detach().double().cpu()
+        assert torch.equal(a.isnan(), r.isnan()), f"{name}: NaN at other places than the reference"
+        assert torch.equal(a == float("inf"), r == float("inf")), f"{name}: +inf differs"
+        assert torch.equal(a == -float("inf"), r == -float("inf")), f"{name}: -inf differs"
+        fin = r.isfinite()
+        assert _rel(a[fin], r[fin]) <= tol, name
+        saw_nan |= bool(r.isnan().any())
+    assert saw_nan  # the case did reach the outputs
+
+
+@pytest.mark.skipif(_CUDA, reason="CPU interpreter cases; on CUDA the gpu cases run")
+@pytest.mark.parametrize("segments", [False, True])
+@pytest.mark.parametrize("spots", list(NONFINITE))
+def test_interpreter_nan_inf_propagate(spots, segments, request):
+    if not _CPU_IN_PROCESS:
+        pytest.skip("triton was imported before the interpreter switch: run by test_interpreter_subprocess")
+    plan = dict(n_seg=3, T=4, T_bwd=4) if segments else {}
+    _check_nonfinite(NONFINITE[spots], plan, torch.float32, "cpu", request)
 
 
 # ----------------------------------------------------------------------------- GPU
@@ -263,3 +317,11 @@ def test_gpu_auto_backend_is_triton():
     auto = selective_scan(u, dl, A, B, C, z=z, backend="auto")
     tri = selective_scan(u, dl, A, B, C, z=z, backend="triton")
     assert torch.equal(auto.out, tri.out)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("spots", list(NONFINITE))
+def test_gpu_nan_inf_propagate(spots, dtype, request):
+    _check_nonfinite(NONFINITE[spots], dict(n_seg=3), dtype, "cuda", request)
