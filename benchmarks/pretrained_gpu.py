@@ -16,7 +16,10 @@ For each of mamba-130m, mamba-1.4b, mamba2-1.3b and pythia-1.4b (the published s
    is per head, and at the last position of each prompt for the others, whose
    every-layer-every-position Δ would be 73 GB (130m) to 393 GB (1.4b) per 1M tokens in
    bf16; mamba-130m also caches one layer's states). tokens/s is measured by the CLI
-   (forward + hooks + store), printed, and written to ``--json``.
+   (forward + hooks + store), printed, and written to ``--json``;
+5. ``benchmarks/mamba2_scan.py`` at the mamba2-1.3b layer size (batch 4 × 1024): the
+   SSD scan vs the selective scan with Δ/A expanded to channels (Triton), time and peak
+   GPU memory: what asking for Mamba-2's states costs.
 
 Run on one H200 (about 3 minutes; the lead's command is in the final report of issue 14):
 
@@ -120,6 +123,8 @@ def main() -> int:
     p.add_argument("--device", default=None, help="default: cuda (--tiny: cpu)")
     p.add_argument("--workdir", default=None, help="where checkpoints and stores go (deleted after each model)")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--no-scan-check", action="store_true", dest="no_scan_check",
+                   help="skip the Mamba-2 scan comparison (benchmarks/mamba2_scan.py)")
     args = p.parse_args()
     tiny = args.tiny
     args.device = args.device or ("cpu" if tiny else "cuda")
@@ -143,7 +148,7 @@ def main() -> int:
         try:
             entry["check"] = check_logits(name, path, args.device, dtype)
             c = entry["check"]
-            print(f"[{name}] {c['params'] / 1e6:.0f}M params; written in {c['write_s']:.1f} s, loaded in "
+            print(f"[{name}] {c['params'] / 1e6:.1f}M params; written in {c['write_s']:.1f} s, loaded in "
                   f"{c['load_s']:.1f} s; logits rel. err vs transformers {args.dtype}: "
                   f"{c['rel_err_vs_hf_same_dtype']:.2e}, vs its fp32: {c['rel_err_vs_hf_fp32']:.2e} "
                   f"(transformers {args.dtype} vs fp32: {c['hf_dtype_vs_fp32']:.2e})", flush=True)
@@ -166,6 +171,15 @@ def main() -> int:
             if args.device == "cuda":
                 torch.cuda.empty_cache()
         results[name] = entry
+    if not args.no_scan_check:
+        import subprocess
+
+        size, batch, length = ("130m", 1, 64) if tiny else ("1.3b", 4, 1024)
+        cmd = [sys.executable, str(Path(__file__).with_name("mamba2_scan.py")), "--size", size, "--batch", str(batch),
+               "--length", str(length), "--device", args.device, "--repeats", "2" if tiny else "5"]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        print(out.stdout + out.stderr[-2000:] * bool(out.returncode), flush=True)
+        results["mamba2_scan"] = out.stdout
     total = time.perf_counter() - started
     print(f"total {total:.0f} s; {'FAILED: ' + ', '.join(failed) if failed else 'all passed'}")
     if args.json:
