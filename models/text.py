@@ -134,7 +134,13 @@ class TextMixin:
     """Text methods of every ``LanguageModel``; they need ``model.tokenizer``."""
 
     @property
-    def tokenizer(self) -> Tokenizer:
+    def tokenizer(self) -> Tokenizer | None:
+        """The attached tokenizer, or None (as TransformerLens has it; the text methods
+        then raise ``NoTokenizerError``)."""
+        return self.__dict__.get("_tokenizer")
+
+    def require_tokenizer(self) -> Tokenizer:
+        """The tokenizer; a ``NoTokenizerError`` saying how to attach one if there is none."""
         tok = self.__dict__.get("_tokenizer")
         if tok is None:
             raise NoTokenizerError(
@@ -165,7 +171,7 @@ class TextMixin:
     def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = None,
                   move_to_device: bool = True) -> Int[Tensor, "batch pos"]:
         """int64 ``[batch, pos]`` token ids of a text or a list of texts (right-padded)."""
-        tok = self.tokenizer
+        tok = self.require_tokenizer()
         texts = [text] if isinstance(text, str) else list(text)
         if not texts:
             raise ValueError("to_tokens needs at least one text")
@@ -184,7 +190,7 @@ class TextMixin:
                       ) -> list[str] | list[list[str]]:
         """Each token as text: a list for a text or a 1-D / ``[1, pos]`` tensor, a list of
         lists for a ``[batch, pos]`` tensor."""
-        tok = self.tokenizer
+        tok = self.require_tokenizer()
         if isinstance(input, str):
             return [tok.token_str(i) for i in tok.encode(input, prepend_bos)]
         ids = torch.as_tensor(input)
@@ -200,14 +206,15 @@ class TextMixin:
         """The text of ids ``[pos]`` (a str) or ``[batch, pos]`` (a list of str)."""
         ids = torch.as_tensor(tokens)
         if ids.ndim == 1:
-            return self.tokenizer.decode(ids.tolist())
+            return self.require_tokenizer().decode(ids.tolist())
         if ids.ndim == 2:
-            return [self.tokenizer.decode(row) for row in ids.tolist()]
+            return [self.require_tokenizer().decode(row) for row in ids.tolist()]
         raise ValueError(f"to_string takes ids [pos] or [batch, pos]; got shape {tuple(ids.shape)}")
 
     def to_single_token(self, text: str) -> int:
         """The id of a text that is exactly one token (``" Paris"``); else a ValueError."""
-        ids = self.tokenizer.encode(text, prepend_bos=False)
+        tok = self.require_tokenizer()
+        ids = tok.encode(text, prepend_bos=False)
         if len(ids) != 1:
-            raise ValueError(f"{text!r} is {len(ids)} tokens, not one: {[self.tokenizer.token_str(i) for i in ids]}")
+            raise ValueError(f"{text!r} is {len(ids)} tokens, not one: {[tok.token_str(i) for i in ids]}")
         return ids[0]

@@ -225,3 +225,28 @@ def test_patching_sweep_equals_reference():
     ref = patching_sweep_reference(model, clean, corrupted, "resid_pre,ssm_state", "all")
     assert np.nanmax(np.abs(fast.sel(metric="restored").values)) > 0.05
     assert max_diff(fast, ref) < 1e-5
+
+
+def test_nnsight_reads_and_edits_states():
+    from nnsight import NNsight
+
+    torch.manual_seed(0)
+    model = Mamba2(vocab_size=40, d_model=16, n_layers=2, d_state=4, d_head=8).eval()
+    tokens = torch.randint(0, 40, (2, 9))
+
+    def edit(state, hook):
+        state[:, 4] = 0
+        return state
+
+    with torch.no_grad():
+        via_hook = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.mixer.hook_ssm_state", edit)])
+        _, cache = model.run_with_cache(tokens, names_filter="blocks.0.mixer.hook_delta")
+    wrapped = NNsight(model)
+    with torch.no_grad(), wrapped.trace(tokens):
+        delta = wrapped.blocks[0].mixer.hook_delta.output.save()
+        state = wrapped.blocks[1].mixer.hook_ssm_state.output.clone()
+        state[:, 4] = 0
+        wrapped.blocks[1].mixer.hook_ssm_state.output = state
+        out = wrapped.output.save()
+    assert torch.equal(delta, cache["blocks.0.mixer.hook_delta"])
+    assert rel_err(out, via_hook) < 1e-6

@@ -69,9 +69,11 @@ def test_no_tokenizer_is_a_clear_error(tmp_path):
         model.to_tokens("hello")
     write_random_checkpoint("tiny-mamba", tmp_path / "m", tokenizer=False)
     bare = load_model(tmp_path / "m")
-    assert not bare.has_tokenizer
+    assert not bare.has_tokenizer and bare.tokenizer is None and getattr(bare, "tokenizer", 1) is None
     with pytest.raises(NoTokenizerError):
         bare.to_str_tokens("hello")
+    with pytest.raises(NoTokenizerError):
+        fact_recall(bare, n=2)
 
 
 def test_tokenizer_from_elsewhere(dirs, tmp_path):

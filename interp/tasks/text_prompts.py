@@ -45,7 +45,7 @@ QUERY_TEMPLATE = "{key} lives in"
 
 
 def _tokenizer(model):
-    return model.tokenizer if getattr(model, "has_tokenizer", False) else None
+    return getattr(model, "tokenizer", None)
 
 
 def _pool(model) -> Tensor:
@@ -120,7 +120,7 @@ def corrupt_repeated(batch: TaskBatch, seed: int) -> TaskBatch:
 
 def single_token_words(model, words: list[str]) -> list[str]:
     """The words that are one token after a space (``" Paris"``) in ``model``'s tokenizer."""
-    tok = model.tokenizer
+    tok = model.require_tokenizer()
     return [w for w in words if len(tok.encode(" " + w, prepend_bos=False)) == 1]
 
 
@@ -156,7 +156,7 @@ def _fact_prompt(tok, keys: list[str], values: list[str], q: int, bos: bool) -> 
 def fact_recall(model, n: int, n_facts: int = 3, seed: int = 0, prepend_bos: bool | None = None,
                 names: list[str] | None = None, cities: list[str] | None = None) -> TaskBatch:
     """``n`` fact-recall prompts of ``n_facts`` facts each; module docstring."""
-    tok = model.tokenizer
+    tok = model.require_tokenizer()
     bos = _bos(model, prepend_bos) is not None
     names = single_token_words(model, names or NAMES)
     cities = single_token_words(model, cities or CITIES)
