@@ -67,6 +67,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--variant", choices=VARIANTS, default=None, help="measure one variant in this process")
+    p.add_argument("--timeout", type=float, default=300, help="seconds per variant (default 300)")
     args = p.parse_args()
     if args.variant:
         print(json.dumps(measure(args.size, args.variant, args.batch, args.length, args.device, args.repeats)))
@@ -74,9 +75,13 @@ def main() -> int:
     print(f"Mamba2Mixer {args.size} ({SIZES[args.size]}), batch {args.batch} x L {args.length}, {args.device}")
     print(f"{'variant':18s} {'ms':>10s} {'peak MB':>10s}")
     for variant in VARIANTS:
-        out = subprocess.run([sys.executable, __file__, "--variant", variant, "--size", args.size, "--batch",
-                              str(args.batch), "--length", str(args.length), "--repeats", str(args.repeats),
-                              "--device", args.device], capture_output=True, text=True)
+        try:
+            out = subprocess.run([sys.executable, __file__, "--variant", variant, "--size", args.size, "--batch",
+                                  str(args.batch), "--length", str(args.length), "--repeats", str(args.repeats),
+                                  "--device", args.device], capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            print(f"{variant:18s} stopped after {args.timeout:.0f} s", flush=True)
+            continue
         if out.returncode:
             print(f"{variant:18s} failed: {out.stderr.strip().splitlines()[-1]}")
             continue

@@ -123,6 +123,8 @@ def main() -> int:
     p.add_argument("--device", default=None, help="default: cuda (--tiny: cpu)")
     p.add_argument("--workdir", default=None, help="where checkpoints and stores go (deleted after each model)")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--budget-s", type=float, default=200, dest="budget_s",
+                   help="start no further model (nor the scan check) after this many seconds (default 200)")
     p.add_argument("--no-scan-check", action="store_true", dest="no_scan_check",
                    help="skip the Mamba-2 scan comparison (benchmarks/mamba2_scan.py)")
     args = p.parse_args()
@@ -145,6 +147,11 @@ def main() -> int:
     results, failed, started = {}, [], time.perf_counter()
     for name in names:
         path, entry = work / name, {}
+        if time.perf_counter() - started > args.budget_s:
+            print(f"[{name}] skipped: {args.budget_s:.0f} s spent (--budget-s)", flush=True)
+            results[name] = {"skipped": "time budget"}
+            failed.append(name)
+            continue
         try:
             entry["check"] = check_logits(name, path, args.device, dtype)
             c = entry["check"]
@@ -171,12 +178,13 @@ def main() -> int:
             if args.device == "cuda":
                 torch.cuda.empty_cache()
         results[name] = entry
-    if not args.no_scan_check:
+    if not args.no_scan_check and time.perf_counter() - started < args.budget_s:
         import subprocess
 
         size, batch, length = ("130m", 1, 64) if tiny else ("1.3b", 4, 1024)
         cmd = [sys.executable, str(Path(__file__).with_name("mamba2_scan.py")), "--size", size, "--batch", str(batch),
-               "--length", str(length), "--device", args.device, "--repeats", "2" if tiny else "5"]
+               "--length", str(length), "--device", args.device, "--repeats", "2" if tiny else "5",
+               "--timeout", "120" if tiny else "60"]
         out = subprocess.run(cmd, capture_output=True, text=True)
         print(out.stdout + out.stderr[-2000:] * bool(out.returncode), flush=True)
         results["mamba2_scan"] = out.stdout
