@@ -52,17 +52,12 @@ class Tokenizer:
 
     def encode(self, text: str, prepend_bos: bool | None = None) -> list[int]:
         """Token ids of ``text`` (no special tokens added but the BOS, when asked)."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
-        if self.prepend_bos if prepend_bos is None else prepend_bos:
-            if self.bos_id is None:
-                raise ValueError(f"tokenizer {self.source} has no BOS token; use prepend_bos=False")
-            ids = [self.bos_id, *ids]
-        return ids
+        return self.encode_with_offsets(text, prepend_bos)[0]
 
     def encode_with_offsets(self, text: str, prepend_bos: bool | None = None) -> tuple[list[int], list[tuple[int, int]]]:
         """Ids and each token's character span in ``text`` (the BOS gets ``(0, 0)``)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
         enc = self.tokenizer.encode(text, add_special_tokens=False)
         ids, offsets = list(enc.ids), [tuple(o) for o in enc.offsets]
         if self.prepend_bos if prepend_bos is None else prepend_bos:
