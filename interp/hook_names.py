@@ -59,6 +59,18 @@ HOOK_DIMS: dict[str, tuple[str, ...]] = {
     "ln_final.hook_scale": ("batch", "pos", "one"),
 }
 
+# Models whose hooks of the same name have other axes: model_type -> suffix -> axes.
+MODEL_HOOK_DIMS: dict[str, dict[str, tuple[str, ...]]] = {
+    "mamba2": {  # per-head Δ, grouped B/C, states per head (models/mamba2_mixer.py)
+        "mixer.hook_delta": ("batch", "pos", "head"),
+        "mixer.hook_B": ("batch", "pos", "group", "d_state"),
+        "mixer.hook_C": ("batch", "pos", "group", "d_state"),
+        "mixer.hook_ssm_state": ("batch", "pos", "head", "d_head", "d_state"),
+    },
+}
+# Without a model type, a tensor's rank tells Mamba-2's grouped B/C and per-head states apart.
+_BY_NDIM = {(suffix, len(dims)): dims for suffix, dims in MODEL_HOOK_DIMS["mamba2"].items()}
+
 # Hooks whose values are costly: computed only when something listens to them.
 COSTLY_SUFFIXES = ("mixer.hook_ssm_state", "attn.hook_pattern", "attn.hook_attn_scores")
 
@@ -76,16 +88,19 @@ def hook_layer(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def dims_for(name: str, ndim: int | None = None) -> tuple[str, ...]:
+def dims_for(name: str, ndim: int | None = None, model_type: str | None = None) -> tuple[str, ...]:
     """Axis names of a hook's tensor; generic ``dim_i`` names for unknown hooks.
 
     ``ndim`` (when given) must agree with the table, else the generic names are
     returned, so that a gradient or a reduced cache entry is still labelled.
+    ``model_type`` picks a model's own axes where they differ (``MODEL_HOOK_DIMS``).
     """
     suffix = hook_suffix(name)
     if suffix.endswith("_grad"):
         suffix = suffix[: -len("_grad")]
-    dims = HOOK_DIMS.get(suffix)
+    dims = MODEL_HOOK_DIMS.get(model_type or "", {}).get(suffix) or HOOK_DIMS.get(suffix)
+    if ndim is not None and dims is not None and len(dims) != ndim:
+        dims = _BY_NDIM.get((suffix, ndim), dims)
     if dims is None or (ndim is not None and len(dims) != ndim):
         return tuple(f"dim_{i}" for i in range(ndim or 0))
     return dims

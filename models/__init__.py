@@ -2,8 +2,10 @@
 safetensors and transformer_lens' hook points only."""
 
 from ssmlens.models.bmojo import BMojo, BMojoConfig
-from ssmlens.models.checkpoint import CheckpointError, load_model, save_model
+from ssmlens.models.checkpoint import CheckpointError, save_model
+from ssmlens.models.loader import load_model
 from ssmlens.models.mamba import Mamba, MambaConfig
+from ssmlens.models.mamba2 import Mamba2, Mamba2Config
 from ssmlens.models.moe_mamba import MoEMamba, MoEMambaConfig
 from ssmlens.models.registry import build_model, model_class, model_names, register
 from ssmlens.models.transformer import Transformer, TransformerConfig
@@ -16,6 +18,8 @@ __all__ = [
     "CheckpointError",
     "Mamba",
     "MambaConfig",
+    "Mamba2",
+    "Mamba2Config",
     "Transformer",
     "TransformerConfig",
     "build_model",

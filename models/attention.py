@@ -22,10 +22,12 @@ from ssmlens.interp.hooks import HookPoint
 from ssmlens.models.resume import Resume
 
 
-def rotary(x: Tensor, base: float = 10000.0, positions: Tensor | None = None) -> Tensor:
+def rotary(x: Tensor, base: float = 10000.0, positions: Tensor | None = None, dim: int | None = None) -> Tensor:
     """Rotary position embedding (GPT-NeoX half rotation) of x ``[b, pos, head, d_head]``;
-    ``positions`` int64 ``[b, pos]`` gives each slot's position (default 0 … pos − 1)."""
-    pos, d = x.shape[1], x.shape[-1]
+    ``positions`` int64 ``[b, pos]`` gives each slot's position (default 0 … pos − 1);
+    ``dim``: only the first ``dim`` dimensions of a head rotate (Pythia's partial
+    rotary), the others pass through (default: all)."""
+    pos, d = x.shape[1], x.shape[-1] if dim is None else dim
     half = d // 2
     inv = base ** (-torch.arange(0, half, device=x.device, dtype=torch.float32) / half)
     if positions is None:
@@ -40,18 +42,24 @@ def rotary(x: Tensor, base: float = 10000.0, positions: Tensor | None = None) ->
 
 
 class Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, positional: str = "learned", bias: bool = True):
+    def __init__(self, d_model: int, n_heads: int, positional: str = "learned", bias: bool = True,
+                 rotary_dim: int | None = None, rotary_base: float = 10000.0):
         super().__init__()
         if d_model % n_heads != 0:
             raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}")
         self.n_heads, self.d_head = n_heads, d_model // n_heads
         self.positional = positional
+        self.rotary_dim, self.rotary_base = rotary_dim, rotary_base
         self.W_Q = nn.Linear(d_model, d_model, bias=bias)
         self.W_K = nn.Linear(d_model, d_model, bias=bias)
         self.W_V = nn.Linear(d_model, d_model, bias=bias)
         self.W_O = nn.Linear(d_model, d_model, bias=bias)
         for name in ("q", "k", "v", "attn_scores", "pattern", "z", "out"):
             setattr(self, f"hook_{name}", HookPoint())
+
+    def rotate(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+        """``rotary`` with this layer's base and rotated dimensions."""
+        return rotary(x, self.rotary_base, positions=positions, dim=self.rotary_dim)
 
     def split_heads(self, x: Tensor) -> Tensor:
         return rearrange(x, "b p (h e) -> b p h e", h=self.n_heads)
@@ -67,7 +75,7 @@ class Attention(nn.Module):
         if resume is not None:
             return self.hook_out(self.W_O(rearrange(self.resumed(q, k, v, resume), "b p h e -> b p (h e)")))
         if self.positional == "rotary":
-            q, k = rotary(q), rotary(k)
+            q, k = self.rotate(q), self.rotate(k)
         if self.hook_pattern.listened or self.hook_attn_scores.listened:
             z = self.explicit_attention(q, k, v)
         else:
@@ -86,7 +94,7 @@ class Attention(nn.Module):
         at = (torch.arange(k.shape[0], device=k.device)[:, None], resume.positions)
         k_all[at], v_all[at] = k.to(k_all.dtype), v.to(v_all.dtype)
         if self.positional == "rotary":
-            q, k_all = rotary(q, positions=resume.positions), rotary(k_all)
+            q, k_all = self.rotate(q, positions=resume.positions), self.rotate(k_all)
         visible = resume.key_visible()  # R window L
         if self.hook_pattern.listened or self.hook_attn_scores.listened:
             return self.hook_z(self.explicit_attention(q, k_all, v_all, visible[:, None]))
@@ -110,7 +118,7 @@ class Attention(nn.Module):
             v_all[row, pos] = self.W_V(x_new).unflatten(-1, (self.n_heads, self.d_head)).to(v_all.dtype)
         q = self.split_heads(self.W_Q(x_q))
         if self.positional == "rotary":
-            q, k_all = rotary(q, positions=at), rotary(k_all)
+            q, k_all = self.rotate(q, positions=at), self.rotate(k_all)
         keys = torch.arange(k_all.shape[1], device=at.device)
         visible = keys[None, None, :] <= at[:, :, None]  # R q L
         z = F.scaled_dot_product_attention(

@@ -80,8 +80,9 @@ def read_hf_config(path: str | Path) -> dict:
         raise CheckpointError(f"corrupt {cfg_file}: {e}") from None
 
 
-def load_state_checked(model, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``model``, naming every missing, unexpected or mis-shaped tensor."""
+def load_state_checked(model, state: dict[str, torch.Tensor], source: str, assign: bool = False) -> None:
+    """Load ``state`` into ``model``, naming every missing, unexpected or mis-shaped tensor
+    (``assign``: the tensors become the parameters, as a model built on the meta device needs)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -99,7 +100,7 @@ def load_state_checked(model, state: dict[str, torch.Tensor], source: str) -> No
         problems.append("shape mismatches: " + "; ".join(mismatched[:10]))
     if problems:
         raise CheckpointError(f"checkpoint {source} does not fit {type(model).__name__}: " + " | ".join(problems))
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=assign)
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu"):

@@ -1,4 +1,4 @@
-"""Load a Hugging Face Mamba checkpoint directory (config.json + safetensors).
+"""Load a Hugging Face Mamba checkpoint directory (config.json + safetensors or .bin).
 
 The layout is that of ``state-spaces/mamba-130m-hf``: ``backbone.embeddings``,
 ``backbone.layers.{i}.norm`` / ``.mixer.*``, ``backbone.norm_f``, optional
@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from ssmlens.models.checkpoint import CheckpointError, load_state_checked, read_hf_config
+from ssmlens.models.checkpoint import CheckpointError
+from ssmlens.models.loader import build_loaded, read_json_config, read_state
 from ssmlens.models.mamba import Mamba, MambaConfig
 
 
@@ -47,18 +47,11 @@ def _rename(key: str) -> str | None:
     return key.replace("layers.", "blocks.", 1)
 
 
-def load_hf_mamba(path: str | Path, device: str | torch.device = "cpu"):
+def load_hf_mamba(path: str | Path, device: str | torch.device | None = "cpu", dtype: torch.dtype | None = None):
+    """A ``Mamba`` holding the checkpoint in ``path`` (on ``device``, in ``dtype``)."""
     path = Path(path)
-    hf_cfg = read_hf_config(path)
-    tensors_files = sorted(path.glob("*.safetensors"))
-    if not tensors_files:
-        raise CheckpointError(f"no *.safetensors file in {path}")
-    cfg = MambaConfig(**_hf_config(hf_cfg))
-    state = {}
-    for f in tensors_files:
-        state.update({_rename(k): v for k, v in load_file(str(f)).items()})
+    cfg = MambaConfig(**_hf_config(read_json_config(path)))
+    state = {_rename(k): v for k, v in read_state(path).items()}
     if cfg.tie_embeddings:
         state.pop("unembed.weight", None)  # HF may store the tied head too
-    model = Mamba(cfg)
-    load_state_checked(model, state, source=str(path))
-    return model.to(device)
+    return build_loaded(Mamba, cfg, state, str(path), device=device, dtype=dtype)

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ssmlens.interp.hooks import HookedModel, HookPoint
 from ssmlens.models.norm import make_norm
+from ssmlens.models.text import TextMixin
 
 
 class _Held:
@@ -61,7 +62,7 @@ class ForwardLoss:
         obj.__dict__[self.slot] = _Held(value)
 
 
-class LanguageModel(HookedModel):
+class LanguageModel(TextMixin, HookedModel):
     model_type: ClassVar[str] = ""
     config_class: ClassVar[type] = object
     embed_init_std: ClassVar[float] = 0.02  # mamba_ssm's embedding init

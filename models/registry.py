@@ -10,14 +10,20 @@ _REGISTRY: dict[str, str] = {
     "transformer": "ssmlens.models.transformer:Transformer",
     "bmojo": "ssmlens.models.bmojo:BMojo",
     "moe_mamba": "ssmlens.models.moe_mamba:MoEMamba",
+    "mamba2": "ssmlens.models.mamba2:Mamba2",
 }
 
 
-# Hugging Face ``model_type`` (config.json) -> "module:function(path, device)" that
+# Hugging Face ``model_type`` (config.json) -> "module:function(path, device, dtype)" that
 # imports such a local checkpoint directory. Importers depend on their model; models
-# never import an importer (they reach it through this table).
+# never import an importer (they reach it through this table). "mamba_ssm" is
+# state-spaces' original format (config.json with d_model / n_layer / ssm_cfg).
 _HF_IMPORTERS: dict[str, str] = {
     "mamba": "ssmlens.models.hf_mamba:load_hf_mamba",
+    "mamba2": "ssmlens.models.hf_mamba2:load_hf_mamba2",
+    "gpt_neox": "ssmlens.models.hf_gpt_neox:load_hf_gpt_neox",
+    "gpt2": "ssmlens.models.hf_gpt2:load_hf_gpt2",
+    "mamba_ssm": "ssmlens.models.hf_mamba_ssm:load_mamba_ssm",
 }
 
 
@@ -35,6 +41,11 @@ def _resolve(target: str):
 
     module, attr = target.split(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def hf_model_types() -> list[str]:
+    """The Hugging Face ``model_type`` values ``ssmlens.load_model`` imports."""
+    return sorted(_HF_IMPORTERS)
 
 
 def hf_importer(hf_model_type: str, source: str = "checkpoint"):

@@ -2,6 +2,12 @@
 
 embedding (+ learned positions, or rotary inside attention) -> n_layers ×
 [norm -> attention -> + resid; norm -> MLP -> + resid] -> norm -> unembed.
+
+With ``parallel_attn_mlp`` (GPT-NeoX / Pythia) a block is
+resid + attention(norm1(resid)) + MLP(norm2(resid)), and ``hook_resid_mid`` does not
+fire (as in TransformerLens). ``rotary_dim`` rotates only the first dimensions of each
+head (Pythia: a quarter), ``act_fn`` picks the MLP's GELU (``"gelu_new"``: GPT-2's
+tanh form). The defaults keep every checkpoint written before these fields.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from torch import Tensor
 from ssmlens.interp.hooks import HookPoint
 from ssmlens.models.attention import Attention
 from ssmlens.models.lm import LanguageModel
-from ssmlens.models.mlp import MLP
+from ssmlens.models.mlp import ACTIVATIONS, MLP
 from ssmlens.models.norm import make_norm
 from ssmlens.models.resume import Resume
 
@@ -38,6 +44,10 @@ class TransformerConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     bias: bool = True
+    rotary_dim: int | None = None  # dimensions of each head that rotate (None: all of d_head)
+    rotary_base: float = 10000.0
+    parallel_attn_mlp: bool = False
+    act_fn: str = "gelu"  # "gelu" (exact) or "gelu_new" (tanh approximation, GPT-2)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_ctx"):
@@ -49,6 +59,11 @@ class TransformerConfig:
             raise ValueError(f"positional must be 'learned' or 'rotary', got {self.positional!r}")
         if self.d_mlp is None:
             self.d_mlp = 4 * self.d_model
+        d_head = self.d_model // self.n_heads
+        if self.rotary_dim is not None and not (0 < int(self.rotary_dim) <= d_head and self.rotary_dim % 2 == 0):
+            raise ValueError(f"rotary_dim must be an even number in (0, d_head={d_head}], got {self.rotary_dim}")
+        if self.act_fn not in ACTIVATIONS:
+            raise ValueError(f"act_fn must be one of {sorted(ACTIVATIONS)}, got {self.act_fn!r}")
 
 
 class TransformerBlock(nn.Module):
@@ -57,9 +72,11 @@ class TransformerBlock(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.ln1 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
-        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.positional, cfg.bias)
+        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.positional, cfg.bias,
+                              rotary_dim=cfg.rotary_dim, rotary_base=cfg.rotary_base)
         self.ln2 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
-        self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.bias)
+        self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.bias, act_fn=cfg.act_fn)
+        self.parallel = cfg.parallel_attn_mlp
         self.hook_resid_pre = HookPoint()
         self.hook_resid_mid = HookPoint()
         self.hook_resid_post = HookPoint()
@@ -75,7 +92,10 @@ class TransformerBlock(nn.Module):
 
     def forward(self, resid: Tensor, resume: Resume | None = None) -> Tensor:
         resid = self.hook_resid_pre(resid)
-        resid = self.hook_resid_mid(resid + self.attn(self.ln1(resid), resume and resume.sub("attn")))
+        attn_out = self.attn(self.ln1(resid), resume and resume.sub("attn"))
+        if self.parallel:  # attention and MLP both read the block's input
+            return self.hook_resid_post(resid + attn_out + self.mlp(self.ln2(resid)))
+        resid = self.hook_resid_mid(resid + attn_out)
         return self.hook_resid_post(resid + self.mlp(self.ln2(resid)))
 
     def reads_sparsely(self, resume: Resume) -> bool:
@@ -110,6 +130,8 @@ class TransformerBlock(nn.Module):
                               resume.cache[resume.scope + "hook_resid_pre"][resume.ex[:, None], at].to(resid.dtype))
         attn = self.attn.forward_read(self.ln1(resid[r_new, t_new]), r_new, resume.start[r_new] + t_new,
                                       self.ln1(resid_q), at, resume.sub("attn"))
+        if self.parallel:
+            return resid_q + attn + self.mlp(self.ln2(resid_q))
         resid_q = resid_q + attn
         return resid_q + self.mlp(self.ln2(resid_q))
 

@@ -26,10 +26,11 @@ SUBPACKAGES = ("interp", "models", "kernels", "probes", "dashboards")
 
 # name a notebook wants first -> the module that defines it
 _LAZY = {
-    "load_model": "ssmlens.models",
+    "load_model": "ssmlens.models.loader",
     "save_model": "ssmlens.models",
     "build_model": "ssmlens.models",
     "Mamba": "ssmlens.models",
+    "Mamba2": "ssmlens.models",
     "Transformer": "ssmlens.models",
     "BMojo": "ssmlens.models",
     "MoEMamba": "ssmlens.models",

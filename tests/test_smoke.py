@@ -20,7 +20,8 @@ from ssmlens.models import build_model, model_names
 pytestmark = pytest.mark.smoke
 
 SMALL = {"d_model": 16, "n_layers": 2}
-EXTRA = {"transformer": {"n_heads": 2}, "bmojo": {"n_heads": 2, "window": 3, "memory_size": 2}}
+EXTRA = {"transformer": {"n_heads": 2}, "bmojo": {"n_heads": 2, "window": 3, "memory_size": 2},
+         "mamba2": {"d_head": 8, "d_state": 8}}
 
 
 @pytest.mark.parametrize("name", model_names())
