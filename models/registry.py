@@ -10,6 +10,9 @@ _REGISTRY: dict[str, str] = {
     "transformer": "ssmlens.models.transformer:Transformer",
     "bmojo": "ssmlens.models.bmojo:BMojo",
     "moe_mamba": "ssmlens.models.moe_mamba:MoEMamba",
+    "based": "ssmlens.models.based:Based",
+    "h3": "ssmlens.models.h3:H3",
+    "hyena": "ssmlens.models.hyena:Hyena",
 }
 
 
