@@ -114,6 +114,13 @@ def dims_for(name: str, ndim: int | None = None) -> tuple[str, ...]:
     return dims
 
 
+def has_batch_axis(name: str, ndim: int | None = None) -> bool:
+    """Whether a hook's value starts with a batch axis: every hook but those the table
+    gives none (Hyena's filters); unknown hooks are assumed to have one."""
+    dims = dims_for(name, ndim)
+    return not dims or dims[0] == "batch" or dims[0].startswith("dim_")
+
+
 def is_costly(name: str) -> bool:
     """Whether a hook's value is only materialized when listened to."""
     return hook_suffix(name) in COSTLY_SUFFIXES

@@ -156,3 +156,11 @@ def test_cli_train_with_model_args(name, tmp_path, capsys):
         assert getattr(model.cfg, key) == value
     assert main(["train", "--model", name, "--model-arg", "no_such_field=1", "--out-dir", str(tmp_path)]) != 0
     assert "no_such_field" in capsys.readouterr().err
+
+
+def test_default_patching_hooks_include_the_memory():
+    from ssmlens.probes.study import default_hooks
+
+    assert default_hooks(tiny("based")) == ["resid_pre", "mixer.hook_kv_state"]
+    assert default_hooks(tiny("h3")) == ["resid_pre", "mixer.hook_ssm_state"]
+    assert default_hooks(tiny("hyena")) == ["resid_pre", "mixer.hook_conv_out_1", "mixer.hook_conv_out_2"]

@@ -50,7 +50,7 @@ def run(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from ssmlens.interp.hook_names import UnknownHookError
+    from ssmlens.interp.hook_names import UnknownHookError, has_batch_axis
     from ssmlens.interp.store import StoreError, create_run
     from ssmlens.interp.tasks import make_task
     from ssmlens.models.checkpoint import CheckpointError
@@ -72,7 +72,11 @@ def run(args) -> int:
                 with torch.no_grad():
                     _, cache = model.run_with_cache(batch.tokens[start : start + args.batch_size],
                                                     names_filter=names)
-                w.append_cache({k: v for k, v in cache.items()})
+                # Hyena's filters have no batch axis (the same for every example): written once
+                whole = {k: v for k, v in cache.items() if not has_batch_axis(k, v.ndim)}
+                if start == 0 and whole:
+                    w.write_cache(whole)
+                w.append_cache({k: v for k, v in cache.items() if k not in whole})
                 n_hooks = len(cache)
             url = w.url
     except (CheckpointError, StoreError, UnknownHookError, ValueError, TypeError) as e:
