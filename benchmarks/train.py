@@ -337,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu-speed", action="store_true", help="training-step time and tokens/s on CUDA, alone")
     p.add_argument("--gpu-overhead", action="store_true", help="hook-point overhead of a training step on CUDA")
     p.add_argument("--overhead", action="store_true", help="hook-point overhead of a training step on the CPU")
-    p.add_argument("--models", default=",".join(ARORA_TARGETS), help="models for the GPU rows (comma list)")
+    p.add_argument("--models", default="transformer,mamba",
+                   help=f"GPU rows' models (comma list of {', '.join(ARORA_TARGETS)}; default transformer,mamba)")
     p.add_argument("--lr", type=float, default=None, help="learning rate for --gpu-arora (default per model)")
     p.add_argument("--lrs", default=None, help="comma list of learning rates for every --gpu-arora model "
                                                "(default with --widths: each model's ARORA_LRS)")

@@ -110,8 +110,7 @@ class H3Mixer(nn.Module):
         ``[(b i j), L, head]``. A copy goes to the hook (in-place edits are edits)."""
         p = self.head_dim
         h = self.ssm.states(x)  # (b i j) l h m, complex
-        to_hook = lambda z: rearrange(states_as_real(z), "(b i j) l h n -> b l (h i j) n", b=batch, i=p, j=p)  # noqa: E731
-        real = to_hook(h)
+        real = rearrange(states_as_real(h), "(b i j) l h n -> b l (h i j) n", b=batch, i=p, j=p)
         edited_real = self.hook_ssm_state(real.clone())
         needs_grad = torch.is_grad_enabled() and edited_real.requires_grad
         y = self.ssm.read(h)

@@ -143,7 +143,8 @@ def test_costly_values_only_when_listened(model, monkeypatch):
         plain = model(tokens)
         model.run_with_cache(tokens, names_filter=[MIX + "hook_out", MIX + "hook_phi_k"])
         assert calls == {"kv": 0, "pattern": 0}
-        listened, cache = model.run_with_cache(tokens, names_filter=[MIX + "hook_kv_state", MIX + "hook_window_pattern"])
+        listened, cache = model.run_with_cache(tokens,
+                                               names_filter=[MIX + "hook_kv_state", MIX + "hook_window_pattern"])
     assert calls == {"kv": 1, "pattern": 1}
     assert cache[MIX + "hook_kv_state"].shape == (2, 11, 2, 1 + 4 + 16, 8)
     assert torch.allclose(listened, plain, atol=1e-5)

@@ -66,7 +66,8 @@ def test_states_and_outputs_match_reference(model):
     mixer = model.blocks[0].mixer
     p = mixer.head_dim
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=[MIX + n for n in ("hook_kv", "hook_ssm_state", "hook_ssm_out")])
+        names = [MIX + n for n in ("hook_kv", "hook_ssm_state", "hook_ssm_out")]
+        _, cache = model.run_with_cache(tokens, names_filter=names)
         dA, dB, C = mixer.ssm.discretize()
     x = rearrange(cache[MIX + "hook_kv"], "b l (h i j) -> (b i j) l h", i=p, j=p)
     y_ref, h_ref = diagonal_ssm_reference(x, dA, dB, C)
@@ -203,7 +204,8 @@ def test_state_gradient_is_the_total_derivative(model):
     x = rearrange(cache[MIX + "hook_kv"], "b l (h i j) -> (b i j) l h", i=p, j=p)
     _, h_ref = diagonal_ssm_reference(x, dA, dB, C)
     for r in (1, 7):
-        real = rearrange(states_as_real(h_ref[:, r]), "(b i j) h n -> b (h i j) n", i=p, j=p).clone().requires_grad_(True)
+        real = rearrange(states_as_real(h_ref[:, r]), "(b i j) h n -> b (h i j) n", i=p, j=p)
+        real = real.clone().requires_grad_(True)
         over = states_from_real(rearrange(real, "b (h i j) n -> (b i j) h n", i=p, j=p)).to(torch.complex128)
         y, _ = diagonal_ssm_reference(x, dA, dB, C, state_override={r: over})
         (rearrange(y, "(b i j) l h -> b l (h i j)", i=p, j=p) * weight).sum().backward()

@@ -114,8 +114,9 @@ def test_filter_edit_changes_the_convolution(model, kind):
     names = [MIX + n for n in ("hook_x1", "hook_x2", "hook_v", "hook_conv_out_1", "hook_conv_out_2")]
     with torch.no_grad():
         _, plain = model.run_with_cache(_tokens(3), names_filter=names + [MIX + "hook_filter"])
-        model.run_with_hooks(_tokens(3), fwd_hooks=[(MIX + "hook_filter", lambda h, hook: got.setdefault("h", edit(h, hook)))]
-                             + [(n, lambda x, hook: got.setdefault(hook.name, x)) for n in names])
+        edit_hook = (MIX + "hook_filter", lambda h, hook: got.setdefault("h", edit(h, hook)))
+        model.run_with_hooks(_tokens(3), fwd_hooks=[edit_hook] + [(n, lambda x, hook: got.setdefault(hook.name, x))
+                                                                   for n in names])
     outs, _ = _direct_operator(got, got["h"], mixer.filter.bias.detach(), 2)
     for n in (1, 2):
         assert rel_err(got[MIX + f"hook_conv_out_{n}"], outs[n - 1]) < 1e-5

@@ -99,7 +99,8 @@ def test_checkpoint_round_trip(name, tmp_path):
 
 def test_unknown_hook_names_suggest(name):
     model = tiny(name)
-    wrong = {"based": "blocks.0.mixer.hook_kv_stat", "h3": "blocks.0.mixer.hook_shift", "hyena": "blocks.0.mixer.hook_filters"}
+    wrong = {"based": "blocks.0.mixer.hook_kv_stat", "h3": "blocks.0.mixer.hook_shift",
+             "hyena": "blocks.0.mixer.hook_filters"}
     with pytest.raises(UnknownHookError, match="Did you mean"):
         model.run_with_hooks(torch.zeros(1, 4, dtype=torch.long), fwd_hooks=[(wrong[name], lambda x, hook: x)])
     assert all(not hp._forward_hooks for hp in model.hook_dict.values())
