@@ -28,6 +28,11 @@ unless ``hook_kv_state`` is listened to. An edit of the kv-state propagates like
 edit of Mamba's ``hook_ssm_state``: S_t is replaced at the edited positions and later
 states evolve from it (S has no decay, so the difference is carried unchanged until
 the next edited position); the normalizer is its own hook and is not changed by it.
+
+Token mixing (what ``ssmlens.probes.mixing`` needs, all from hooks): per head,
+y_t = Σ_{s≤t} M[t, s] v_s with M[t, s] = φ(q_t)·φ(k_s) / (n_t + ε) (``hook_phi_q``,
+``hook_phi_k``, ``hook_normalizer``, ``hook_v``), and w_t = Σ_s P[t, s] v'_s
+(``hook_window_pattern``, ``hook_window_v``); ``hook_out`` = W_o [y ; w].
 """
 
 from __future__ import annotations

@@ -23,7 +23,10 @@ listened to), ``hook_ssm_out`` (y) ``[b, pos, d_kv]``, ``hook_out``.
 An edit of ``hook_ssm_state`` propagates as for Mamba: h is replaced at the edited
 positions and later states evolve from it with the same Ā; y moves by 2·Re(C·e).
 ``conv_kernels(L)`` returns both convolutions as kernels ``[channels, L]`` (lag 0
-includes the skip D), for token-mixing matrices.
+includes the skip D), for token-mixing matrices: with T the causal Toeplitz matrix of a
+kernel (``ssmlens.kernels.causal_toeplitz``), k̃ = T_shift k and, per head,
+o_t[j] = Σ_i q_t[i] Σ_{s≤t} T_ssm[t, s] k̃_s[i] v_s[j] (gates from ``hook_q``,
+``hook_shift_out``, ``hook_v``).
 """
 
 from __future__ import annotations

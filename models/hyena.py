@@ -17,7 +17,9 @@ Hooks (``blocks.{l}.mixer.``): ``hook_x`` (p) and ``hook_conv`` (c) ``[b, pos, (
 batch axis: the filters do not depend on the input; an edit changes the convolutions),
 ``hook_conv_out_1`` … ``hook_conv_out_{N}`` (c^n, before its gate) ``[b, pos, d]``,
 ``hook_out``. ``conv_kernels(L)`` returns the long convolutions as kernels (lag 0
-including β), for token-mixing matrices.
+including β), for token-mixing matrices: per channel the operator is
+z^{N+1} = diag(x^N) T_N ⋯ diag(x^1) T_1 v, T_n the causal Toeplitz matrix of h^n
+(``ssmlens.kernels.causal_toeplitz``), the gates from ``hook_x{n}``.
 """
 
 from __future__ import annotations
