@@ -107,12 +107,13 @@ def default_run(rows: list[RunRow]) -> str | None:
 
 
 def family(reader: Reader, run_id: str) -> str:
-    """"mamba", "transformer", "bmojo", "moe_mamba" or "other": from the config, else from
-    which hooks were cached (mixer and attention: B'MOJO; mixer only: Mamba)."""
+    """"mamba", "transformer", "bmojo", "moe_mamba", "based", "h3", "hyena" or "other": from
+    the config, else from which hooks were cached (mixer and attention: B'MOJO; mixer
+    only: Mamba)."""
     config = reader.config(run_id)
     name = next((config.get(k) for k in MODEL_KEYS if isinstance(config.get(k), str)), "")
     name = name.lower().replace("-", "_").replace("'", "")
-    for known in ("moe_mamba", "bmojo", "mamba", "transformer"):
+    for known in ("moe_mamba", "bmojo", "mamba", "transformer", "based", "h3", "hyena"):
         if known in name:
             return known
     hooks = reader.hooks(run_id)

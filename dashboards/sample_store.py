@@ -6,7 +6,8 @@ and an ablation table); ``write_study_runs`` adds runs written by the demo's own
 study (``ssmlens.probes.study``) for tiny random models.
 
 This is tooling, not request-time code: it builds torch models, which the dashboard
-itself never does. ``python -m dashboards.sample_store DIR`` writes one.
+itself never does. ``models`` may also name ``based``, ``h3`` and ``hyena``.
+``python -m dashboards.sample_store DIR`` writes one.
 """
 
 from __future__ import annotations
@@ -25,17 +26,23 @@ from ssmlens.interp.tasks.registry import make_task
 
 KEEP = ("hook_embed", "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "mixer.hook_delta", "mixer.hook_B",
         "mixer.hook_C", "mixer.hook_ssm_state", "mixer.hook_out", "attn.hook_pattern", "attn.hook_out",
-        "memory.hook_innovation", "memory.hook_write", "mlp.hook_out")
+        "memory.hook_innovation", "memory.hook_write", "mlp.hook_out",
+        # Based, H3, Hyena (ssmlens.dashboards.figures_zoo)
+        "mixer.hook_kv_state", "mixer.hook_window_pattern", "mixer.hook_filter")
+ZOO = {"based": {"n_heads": 2, "feature_dim": 8, "window": 8}, "h3": {"d_state": 8}, "hyena": {}}
 
 
-def build(name: str, vocab: int, d_model: int, n_layers: int, seed: int):
+def build(name: str, vocab: int, d_model: int, n_layers: int, seed: int, seq_len: int = 256):
     """A random model of family ``name`` (B'MOJO: a random innovation predictor and τ at
-    the 80th percentile of its scores, so that some tokens are written)."""
-    from ssmlens.models import Mamba, Transformer
+    the 80th percentile of its scores, so that some tokens are written; Hyena: filters
+    on ``seq_len`` lags)."""
+    from ssmlens.models import Mamba, Transformer, build_model
     from ssmlens.models.bmojo import BMojo
 
     torch.manual_seed(seed)
     common = {"vocab_size": vocab, "d_model": d_model, "n_layers": n_layers}
+    if name in ZOO:
+        return build_model(name, **common, **ZOO[name], **({"l_max": seq_len} if name == "hyena" else {}))
     if name == "mamba":
         return Mamba(**common)
     if name == "transformer":
@@ -46,7 +53,7 @@ def build(name: str, vocab: int, d_model: int, n_layers: int, seed: int):
             for block in model.blocks:
                 block.memory.W_p.normal_(0, 1.0 / d_model ** 0.5)
         return model
-    raise ValueError(f"unknown sample model {name!r}; use mamba, transformer or bmojo")
+    raise ValueError(f"unknown sample model {name!r}; use mamba, transformer, bmojo, {', '.join(ZOO)}")
 
 
 def calibrate_writes(model, tokens: torch.Tensor, quantile: float = 0.8) -> None:
@@ -155,7 +162,7 @@ def write_one(root: Path, prefix: str, name: str, *, n_layers: int, seq_len: int
     batch = make_task("mqar", **task_config).sample(n_examples, seed=seed)
     corrupted = corrupt(batch, "value", seed=seed + 1)
     # a seed of its own per model: same-seed Mamba and B'MOJO mixers would start identical
-    model = build(name, vocab, d_model, n_layers, seed + zlib.crc32(name.encode()) % 10_000).eval()
+    model = build(name, vocab, d_model, n_layers, seed + zlib.crc32(name.encode()) % 10_000, seq_len).eval()
     if name == "bmojo":
         calibrate_writes(model, batch.tokens)
     ckpt = model.save(root / "checkpoints" / prefix / name)

@@ -57,6 +57,37 @@ HOOK_DIMS: dict[str, tuple[str, ...]] = {
     "ln2.hook_scale": ("batch", "pos", "one"),
     "ln2.hook_normalized": ("batch", "pos", "d_model"),
     "ln_final.hook_scale": ("batch", "pos", "one"),
+    "ln_final.hook_normalized": ("batch", "pos", "d_model"),
+    # Based (models/based.py): q, k per head in feature_dim dims; φ(q), φ(k) in 1 + f + f²
+    "mixer.hook_short": ("batch", "pos", "d_model"),
+    "mixer.hook_q": ("batch", "pos", "head", "d_feature"),
+    "mixer.hook_k": ("batch", "pos", "head", "d_feature"),
+    "mixer.hook_v": ("batch", "pos", "head", "d_head"),
+    "mixer.hook_phi_q": ("batch", "pos", "head", "feature"),
+    "mixer.hook_phi_k": ("batch", "pos", "head", "feature"),
+    "mixer.hook_kv_state": ("batch", "pos", "head", "feature", "d_head"),
+    "mixer.hook_normalizer": ("batch", "pos", "head"),
+    "mixer.hook_linear_out": ("batch", "pos", "head", "d_head"),
+    "mixer.hook_window_q": ("batch", "pos", "head", "d_head"),
+    "mixer.hook_window_k": ("batch", "key_pos", "head", "d_head"),
+    "mixer.hook_window_v": ("batch", "key_pos", "head", "d_head"),
+    "mixer.hook_window_pattern": ("batch", "head", "query_pos", "key_pos"),
+    "mixer.hook_window_out": ("batch", "pos", "head", "d_head"),
+    # H3 (models/h3.py); its hook_ssm_state / hook_ssm_out have Mamba's layout
+    "mixer.hook_shift_out": ("batch", "pos", "d_model"),
+    "mixer.hook_kv": ("batch", "pos", "d_kv"),
+    # Hyena (models/hyena.py): the filters have no batch axis
+    "mixer.hook_filter": ("order", "d_model", "lag"),
+    **{f"mixer.hook_x{n}": ("batch", "pos", "d_model") for n in range(1, 9)},
+    **{f"mixer.hook_conv_out_{n}": ("batch", "pos", "d_model") for n in range(1, 9)},
+}
+
+# Suffixes whose rank differs between mixers (H3's and Hyena's q, k, v are per channel,
+# Based's per head): the alternative of matching rank is used.
+HOOK_DIMS_ALTERNATIVES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "mixer.hook_q": (("batch", "pos", "d_model"),),
+    "mixer.hook_k": (("batch", "pos", "d_model"),),
+    "mixer.hook_v": (("batch", "pos", "d_model"),),
 }
 
 # Models whose hooks of the same name have other axes: model_type -> suffix -> axes.
@@ -72,7 +103,8 @@ MODEL_HOOK_DIMS: dict[str, dict[str, tuple[str, ...]]] = {
 _BY_NDIM = {(suffix, len(dims)): dims for suffix, dims in MODEL_HOOK_DIMS["mamba2"].items()}
 
 # Hooks whose values are costly: computed only when something listens to them.
-COSTLY_SUFFIXES = ("mixer.hook_ssm_state", "attn.hook_pattern", "attn.hook_attn_scores")
+COSTLY_SUFFIXES = ("mixer.hook_ssm_state", "attn.hook_pattern", "attn.hook_attn_scores", "mixer.hook_kv_state",
+                   "mixer.hook_window_pattern")
 
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 
@@ -100,10 +132,20 @@ def dims_for(name: str, ndim: int | None = None, model_type: str | None = None) 
         suffix = suffix[: -len("_grad")]
     dims = MODEL_HOOK_DIMS.get(model_type or "", {}).get(suffix) or HOOK_DIMS.get(suffix)
     if ndim is not None and dims is not None and len(dims) != ndim:
-        dims = _BY_NDIM.get((suffix, ndim), dims)
+        # another mixer's layout of the same name: Mamba-2's per-head Δ / grouped B, C, or
+        # H3's and Hyena's per-channel q, k, v
+        dims = _BY_NDIM.get((suffix, ndim)) or next(
+            (alt for alt in HOOK_DIMS_ALTERNATIVES.get(suffix, ()) if len(alt) == ndim), None)
     if dims is None or (ndim is not None and len(dims) != ndim):
         return tuple(f"dim_{i}" for i in range(ndim or 0))
     return dims
+
+
+def has_batch_axis(name: str, ndim: int | None = None) -> bool:
+    """Whether a hook's value starts with a batch axis: every hook but those the table
+    gives none (Hyena's filters); unknown hooks are assumed to have one."""
+    dims = dims_for(name, ndim)
+    return not dims or dims[0] == "batch" or dims[0].startswith("dim_")
 
 
 def is_costly(name: str) -> bool:

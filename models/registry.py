@@ -11,6 +11,9 @@ _REGISTRY: dict[str, str] = {
     "bmojo": "ssmlens.models.bmojo:BMojo",
     "moe_mamba": "ssmlens.models.moe_mamba:MoEMamba",
     "mamba2": "ssmlens.models.mamba2:Mamba2",
+    "based": "ssmlens.models.based:Based",
+    "h3": "ssmlens.models.h3:H3",
+    "hyena": "ssmlens.models.hyena:Hyena",
 }
 
 

@@ -23,7 +23,8 @@ Structural ablations (defined precisely in ``ssmlens.probes.ablation_structural`
 current position only), ``clamp_delta`` (Δ := a constant), ``freeze_delta`` (Δ := its
 mean over positions), ``no_memory`` (B'MOJO writes := 0), ``no_fading`` (B'MOJO's
 fading column removed from the attention softmax), ``drop_head:{l}.{h}`` (that
-head's ``hook_z`` := 0), ``drop_expert:{l}.{e}`` (expert e's tokens go to the residual).
+head's ``hook_z`` := 0), ``drop_expert:{l}.{e}`` (expert e's tokens go to the residual),
+``no_window`` (Based), ``no_shift`` (H3), ``truncate_filter[:T]`` (Hyena).
 
 String form (``parse_ablation``): ``NAME[:ARG][@WHERE]``, joined by ``+`` to compose.
 For value ablations ARG is the hook name and WHERE the positions (ints or role
@@ -272,6 +273,8 @@ def _parse_one(spec: str) -> Ablation:
             return ClampDelta(layers, value=float(arg))
         except ValueError:
             raise AblationError(f"{spec!r}: clamp_delta takes a number (Δ) or 'bias', got {arg!r}") from None
+    if name == "truncate_filter":
+        return STRUCTURAL[name](layers, length=arg)
     if arg:
         raise AblationError(f"{spec!r}: {name} takes no argument (only @LAYERS)")
     return STRUCTURAL[name](layers)

@@ -6,6 +6,8 @@ Definitions (``layers`` = None: every layer that has the component):
   ``last_tap`` (default): ``hook_conv`` := silu(w[:, K−1] · x_t + b), the conv kernel
   reduced to its last tap (the one that multiplies x_t), bias kept; mode
   ``identity``: ``hook_conv`` := silu(x_t). x_t is ``hook_x`` of the same forward.
+  Mixers whose conv has no activation (``conv_activation = "identity"``: Based's
+  BaseConv, Hyena's short filter) get the same without the silu.
 - ``clamp_delta``: ``hook_delta`` := a constant: a given value, or by default
   softplus(dt_proj.bias) per channel (the Δ of a zero input: selectivity removed).
 - ``freeze_delta``: ``hook_delta`` := its mean over positions, per sequence and
@@ -16,6 +18,13 @@ Definitions (``layers`` = None: every layer that has the component):
   ``attn.hook_pattern`` the last column is set to 0 and each row renormalized, which
   equals a softmax over the remaining keys (rows with nothing else stay 0). The
   innovation test still reads f (only attention loses it).
+- ``no_window``: Based's sliding-window attention removed: ``mixer.hook_window_out`` := 0
+  (its output projection has no bias, so the window branch contributes nothing).
+- ``no_shift``: H3's shift SSM removed: ``mixer.hook_shift_out`` := k (``hook_k`` of the
+  same forward), so kv_t = k_t ⊗ v_t.
+- ``truncate_filter[:T]``: Hyena's long filters cut to their first T lags:
+  ``mixer.hook_filter`` := h ⊙ [lag < T] (T default: the short filter's ``d_conv``); the
+  lag-0 skip β is kept.
 - ``drop_head:{l}.{h}``: head h of ``blocks.{l}.attn.hook_z`` := 0.
 - ``drop_expert:{l}.{e}``: in ``blocks.{l}.moe.hook_expert`` tokens routed to e get −1,
   so they pass through the residual only (``ssmlens.models.moe``'s convention).
@@ -89,14 +98,17 @@ class NoConv(Structural):
                 seen["x"] = x
                 return x
 
-            def replace(u, hook, seen=seen, conv=conv):
+            mixer = model.get_submodule(f"blocks.{l}.mixer")
+            act = F.silu if getattr(mixer, "conv_activation", "silu") == "silu" else (lambda t: t)
+
+            def replace(u, hook, seen=seen, conv=conv, act=act):
                 x = seen.pop("x")
                 if self.mode == "identity":
-                    return F.silu(x).to(u.dtype)
+                    return act(x).to(u.dtype)
                 pre = x * conv.weight[:, 0, -1].to(x.dtype)
                 if conv.bias is not None:
                     pre = pre + conv.bias.to(x.dtype)
-                return F.silu(pre).to(u.dtype)
+                return act(pre).to(u.dtype)
 
             hooks += [(f"blocks.{l}.mixer.hook_x", keep_x), (f"blocks.{l}.mixer.hook_conv", replace)]
         return hooks
@@ -181,6 +193,71 @@ class NoFading(Structural):
 
 
 @dataclass
+class NoWindow(Structural):
+    name = "no_window"
+
+    @property
+    def label(self) -> str:
+        return self.name + self._where()
+
+    def fwd_hooks(self, model) -> Hooks:
+        return [(f"blocks.{l}.mixer.hook_window_out", lambda w, hook: torch.zeros_like(w))
+                for l in _layers_with(model, "mixer.hook_window_out", self.layers, self.label)]
+
+
+@dataclass
+class NoShift(Structural):
+    name = "no_shift"
+
+    @property
+    def label(self) -> str:
+        return self.name + self._where()
+
+    def fwd_hooks(self, model) -> Hooks:
+        hooks: Hooks = []
+        for l in _layers_with(model, "mixer.hook_shift_out", self.layers, self.label):
+            seen: dict[str, Tensor] = {}
+
+            def keep_k(k, hook, seen=seen):
+                seen["k"] = k
+                return k
+
+            hooks += [(f"blocks.{l}.mixer.hook_k", keep_k),
+                      (f"blocks.{l}.mixer.hook_shift_out", lambda out, hook, seen=seen: seen.pop("k").to(out.dtype))]
+        return hooks
+
+
+@dataclass
+class TruncateFilter(Structural):
+    length: int | None = None
+    name = "truncate_filter"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.length is not None:
+            if isinstance(self.length, str) and not self.length.strip().isdigit():
+                raise AblationError(f"truncate_filter takes a number of lags, got {self.length!r}")
+            self.length = int(self.length)
+            if self.length < 1:
+                raise AblationError(f"truncate_filter keeps at least 1 lag, got {self.length}")
+
+    @property
+    def label(self) -> str:
+        return self.name + ("" if self.length is None else f":{self.length}") + self._where()
+
+    def fwd_hooks(self, model) -> Hooks:
+        hooks: Hooks = []
+        for l in _layers_with(model, "mixer.hook_filter", self.layers, self.label):
+            keep = self.length or model.get_submodule(f"blocks.{l}.mixer").cfg.d_conv
+
+            def cut(h, hook, keep=keep):
+                return h * (torch.arange(h.shape[-1], device=h.device) < keep).to(h.dtype)
+
+            hooks.append((f"blocks.{l}.mixer.hook_filter", cut))
+        return hooks
+
+
+@dataclass
 class DropHead(Ablation):
     layer: int = 0
     head: int = 0
@@ -233,4 +310,5 @@ class NoAblation(Ablation):
 STRUCTURAL: dict[str, type[Ablation]] = {
     "none": NoAblation, "no_conv": NoConv, "clamp_delta": ClampDelta, "freeze_delta": FreezeDelta,
     "no_memory": NoMemory, "no_fading": NoFading, "drop_head": DropHead, "drop_expert": DropExpert,
+    "no_window": NoWindow, "no_shift": NoShift, "truncate_filter": TruncateFilter,
 }

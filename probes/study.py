@@ -40,13 +40,15 @@ ROLE_UNITS = ("queried_key", "queried_value", "query", "last")
 
 
 def default_hooks(model) -> list[str]:
-    """``resid_pre`` plus the memory of the architecture: SSM states (Mamba, B'MOJO),
-    attention outputs (Transformer, B'MOJO), eidetic writes (B'MOJO)."""
+    """``resid_pre`` plus the memory of the architecture: SSM states (Mamba, B'MOJO, H3),
+    attention outputs (Transformer, B'MOJO), eidetic writes (B'MOJO), Based's kv-state,
+    Hyena's long-convolution outputs."""
     kinds = {hook_suffix(n) for n in model.hook_dict}
     hooks = ["resid_pre"]
-    for kind in ("mixer.hook_ssm_state", "attn.hook_out", "memory.hook_write"):
+    for kind in ("mixer.hook_ssm_state", "attn.hook_out", "memory.hook_write", "mixer.hook_kv_state"):
         if kind in kinds:
             hooks.append(kind)
+    hooks += sorted(k for k in kinds if k.startswith("mixer.hook_conv_out_"))
     return hooks
 
 

@@ -9,6 +9,8 @@ eidetic memory.
 - innovation scores z_t per layer with the write threshold τ and the written tokens;
 - memory occupancy over time: how many written tokens each query's memory holds.
 
+A Based run shows its sliding-window pattern (``mixer.hook_window_pattern``).
+
 Callbacks: ``attention_controls``, ``attention_render``, ``memory_render``.
 """
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from dash import Input, Output, State, html
 
-from ssmlens.dashboards import analysis, catalog, figures, figures_model
+from ssmlens.dashboards import analysis, catalog, figures, figures_model, figures_zoo
 from ssmlens.dashboards.components import control, dropdown, fig_id, figure_card, layer_options, page_header, row, status
 from ssmlens.dashboards.context import Context, status_message
 from ssmlens.dashboards.reader import RunAccessError
@@ -32,11 +34,12 @@ MEMORY_FIGS = ("memory-innovation", "memory-occupancy")
 
 def controls(ctx: Context, run, layer, head):
     reader = ctx.reader
-    layers = reader.layers_with(run, PATTERN)
+    pattern = figures_zoo.pattern_suffix(reader, run)
+    layers = reader.layers_with(run, pattern)
     layer = layer if layer in layers else (layers[0] if layers else None)
     heads = [{"label": "mean over heads", "value": "mean"}]
     if layer is not None:
-        n_heads = reader.hooks(run)[f"blocks.{layer}.{PATTERN}"][0][1]
+        n_heads = reader.hooks(run)[f"blocks.{layer}.{pattern}"][0][1]
         heads += [{"label": f"head {h}", "value": str(h)} for h in range(n_heads)]
     values = [h["value"] for h in heads]
     return layer_options(layers), layer, heads, head if head in values else "mean"
@@ -44,17 +47,18 @@ def controls(ctx: Context, run, layer, head):
 
 def render_attention(ctx: Context, run, example, token, layer, head):
     reader = ctx.reader
-    layers = reader.layers_with(run, PATTERN)
+    suffix = figures_zoo.pattern_suffix(reader, run)  # Based: its sliding window
+    layers = reader.layers_with(run, suffix)
     if not layers:
-        text = ("this run cached no attention patterns (attn.hook_pattern): Mamba has none; "
-                "see States for its implicit attention")
+        text = ("this run cached no attention patterns (attn.hook_pattern): Mamba, H3 and Hyena have none; "
+                "see States for Mamba's implicit attention")
         return figures.message(text), figures.message(text), figures.message(text), status_message(text, "info")
     layer = layer if layer in layers else layers[0]
     ex = reader.example(run, example)
     roles = ex.role_of()
     L = ex.seq_len
     sel = token if isinstance(token, int) and 0 <= token < L else None
-    pattern = analysis.head_mean(reader.layer_hook(run, PATTERN, layer, example), head)  # [q, k]
+    pattern = analysis.head_mean(reader.layer_hook(run, suffix, layer, example), head)  # [q, k]
     head_label = "mean over heads" if head in (None, "mean") else f"head {head}"
     title = f"Attention pattern, layer {layer}"
     notes = []
@@ -72,7 +76,8 @@ def render_attention(ctx: Context, run, example, token, layer, head):
                                              selected=sel)
     else:
         pat_fig = figures.heatmap(pattern, title=f"{title} · {head_label}", xlabel="key position",
-                                  ylabel="query position", colorscale="Viridis", colorbar="weight", zmin=0, height=460)
+                                  ylabel="query position", colorscale="Viridis", colorbar="weight", zmin=0, height=460,
+                                  note=figures_zoo.window_note(reader, run, suffix))
         pat_fig.update_yaxes(autorange="reversed")
         figures.mark_position(pat_fig, sel, axis="y")
         parts_fig = _mass_by_role(pattern[:, :L], roles, sel)

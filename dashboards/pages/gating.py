@@ -6,6 +6,8 @@
 - B and C over positions (d_state rows each);
 - the histogram of horizons over channels × states (log scale, in tokens).
 
+A Hyena run (no Δ) shows its long filters instead (``ssmlens.dashboards.figures_zoo``).
+
 Callbacks: ``gating_layers``, ``gating_render``.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from dash import Input, Output, State, html
 
-from ssmlens.dashboards import analysis, figures
+from ssmlens.dashboards import analysis, figures, figures_zoo
 from ssmlens.dashboards.components import (
     control, dropdown, fig_id, figure_card, layer_options, page_header, radio, row, status,
 )
@@ -32,6 +34,8 @@ def render(ctx: Context, run, example, token, layer, sort):
     """(Δ heatmap, B/C panels, horizon histogram, status) for one layer of one example."""
     reader = ctx.reader
     layers = reader.layers_with(run, DELTA)
+    if not layers and figures_zoo.filter_layers(reader, run):
+        return (*figures_zoo.hyena_gating(reader, run, layer), None)
     if not layers:
         text = "this run cached no Δ (mixer.hook_delta): it has no selective SSM layers"
         return figures.message(text), figures.message(text), figures.message(text), status_message(text, "info")
@@ -88,7 +92,7 @@ def _bc_panels(reader, run, layer, example, sel):
 
 
 def layers(ctx: Context, run, current):
-    found = ctx.reader.layers_with(run, DELTA)
+    found = ctx.reader.layers_with(run, DELTA) or figures_zoo.filter_layers(ctx.reader, run)
     return layer_options(found), current if current in found else (found[0] if found else None)
 
 
@@ -101,7 +105,8 @@ def layout(ctx: Context, run: str | None) -> html.Div:
             pass
     return html.Div([
         page_header("Gating", "Mamba's step size Δ per channel and position, the input-dependent B and C, and how "
-                    "long each channel remembers: the horizon 1/(Δ·|A|) in tokens."),
+                    "long each channel remembers: the horizon 1/(Δ·|A|) in tokens. Hyena runs: its "
+                    "implicit long filters over lag."),
         row(control("layer", dropdown("gating-layer", options, value), width="160px"),
             control("sort channels by", radio("gating-sort", SORTS, "index"))),
         status("gating-status"),

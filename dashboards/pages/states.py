@@ -8,6 +8,8 @@
   pattern: the selected run's own when it has one (B'MOJO), else a run chosen in
   "real attention from" (by default a run on the same task that cached patterns).
 
+Based runs show their kv-state S_t in place of h_t (``ssmlens.dashboards.figures_zoo``).
+
 Callbacks: ``states_controls``, ``states_render``, ``states_attention``, ``states_click``.
 """
 
@@ -17,7 +19,7 @@ import numpy as np
 from dash import Input, Output, State, html
 from dash.exceptions import PreventUpdate
 
-from ssmlens.dashboards import analysis, catalog, figures, figures_model
+from ssmlens.dashboards import analysis, catalog, figures, figures_model, figures_zoo
 from ssmlens.dashboards.components import (
     control, dropdown, fig_id, figure_card, layer_options, page_header, radio, row, status,
 )
@@ -54,7 +56,8 @@ def attention_runs(reader: Reader, run: str, limit: int = 8) -> list[str]:
 
 def controls(ctx: Context, run, layer, other):
     reader = ctx.reader
-    found = sorted(set(reader.layers_with(run, STATE)) | set(reader.layers_with(run, "mixer.hook_delta")))
+    found = sorted(set(reader.layers_with(run, figures_zoo.state_suffix(reader, run)))
+                   | set(reader.layers_with(run, "mixer.hook_delta")))
     others = attention_runs(reader, run)
     return (layer_options(found), layer if layer in found else (found[0] if found else None),
             [{"label": o, "value": o} for o in others], other if other in others else (others[0] if others else None))
@@ -75,18 +78,20 @@ def render(ctx: Context, run, example, token, layer):
     ex = reader.example(run, example)
     roles = ex.role_of()
     sel = token if isinstance(token, int) and 0 <= token < ex.seq_len else None
-    state_layers = reader.layers_with(run, STATE)
+    state = figures_zoo.state_suffix(reader, run)  # Mamba's / H3's h_t, or Based's kv-state S_t
+    what, sym = figures_zoo.state_label(state)
+    state_layers = reader.layers_with(run, state)
     if state_layers:
-        norms = {f"layer {l}": analysis.state_norm(reader.layer_hook(run, STATE, l, example)) for l in state_layers}
-        norm_fig = figures.mark_position(figures.lines(norms, title="State norm ‖h_t‖ over positions",
-                                                       xlabel="position", ylabel="‖h_t‖"), sel)
+        norms = {f"layer {l}": analysis.state_norm(reader.layer_hook(run, state, l, example)) for l in state_layers}
+        norm_fig = figures.mark_position(figures.lines(norms, title=f"{what} norm ‖{sym}‖ over positions",
+                                                       xlabel="position", ylabel=f"‖{sym}‖"), sel)
     else:
         norm_fig = figures.message("this run did not cache hidden states (mixer.hook_ssm_state)", "State norm")
     if layer in state_layers:
-        h = reader.layer_hook(run, STATE, layer, example)
-        coords, ratio = reader.derived(run, ("pca", layer, example), lambda: analysis.pca_2d(h))
+        h = reader.layer_hook(run, state, layer, example)
+        coords, ratio = reader.derived(run, ("pca", state, layer, example), lambda: analysis.pca_2d(h))
         pca_fig = figures_model.trajectory_pca(coords, ratio, ex.tokens, roles, sel,
-                                               title=f"State trajectory, layer {layer} (PCA)")
+                                               title=f"{what} trajectory, layer {layer} (PCA)")
     else:
         pca_fig = figures.message("no cached states for this layer", "State trajectory")
     return norm_fig, pca_fig

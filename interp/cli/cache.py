@@ -62,7 +62,7 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from ssmlens.interp.cli import _cache_text as text
-    from ssmlens.interp.hook_names import UnknownHookError, dims_for
+    from ssmlens.interp.hook_names import UnknownHookError, dims_for, has_batch_axis
     from ssmlens.interp.store import StoreError, create_run
     from ssmlens.interp.tasks import make_task
     from ssmlens.models.checkpoint import CheckpointError
@@ -96,8 +96,13 @@ def run(args) -> int:
                 where = batch.roles[args.positions][start:stop] if args.positions else None
                 with torch.no_grad():
                     _, cache = model.run_with_cache(batch.tokens[start:stop].to(device), names_filter=names)
-                entries = {k: text.keep_positions(k, v, where, model.model_type) for k, v in cache.items()}
+                # Hyena's filters have no batch axis (the same for every example): written once
+                whole = {k: v for k, v in cache.items() if not has_batch_axis(k, v.ndim)}
+                entries = {k: text.keep_positions(k, v, where, model.model_type) for k, v in cache.items()
+                           if k not in whole}
                 if start == 0:  # the arrays are made with this model's axis names (Mamba-2: per head)
+                    if whole:
+                        w.write_cache(whole)
                     for k, v in entries.items():
                         w.append(k, v, dims=dims_for(k, v.ndim, model.model_type))
                 else:
