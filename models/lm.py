@@ -125,9 +125,6 @@ class LanguageModel(TextMixin, HookedModel):
             return rearrange(self.W_U[:, tokens.long()], "d_model ... -> ... d_model")
         return self.W_U[:, int(tokens)]
 
-    def to_single_token(self, string: str) -> int:
-        raise NotImplementedError(f"{type(self).__name__} has no tokenizer: give token ids, not {string!r}")
-
     def forward(
         self,
         tokens: Int[Tensor, "batch pos"],

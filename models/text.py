@@ -29,8 +29,9 @@ PREPEND_BOS = {"gpt2": True, "gpt_neox": True, "transformer": True,
                "mamba": False, "mamba2": False, "mamba_ssm": False}
 
 
-class NoTokenizerError(RuntimeError):
-    """A text method of a model that has no tokenizer attached."""
+class NoTokenizerError(NotImplementedError):
+    """A text method of a model that has no tokenizer attached (a NotImplementedError,
+    as TransformerLens helpers that need one expect: they say what is missing)."""
 
 
 class Tokenizer:

@@ -14,7 +14,8 @@ V = 40
 
 # Small settings, applied where the model's config has the field.
 SMALL = dict(vocab_size=V, d_model=16, n_layers=2, d_state=4, n_heads=2, n_experts=4, d_ff=32,
-             capacity_factor=1.0, window=3, memory_size=2, threshold=1.0, n_ctx=64, scan_backend="torch")
+             capacity_factor=1.0, window=3, memory_size=2, threshold=1.0, n_ctx=64, scan_backend="torch",
+             d_head=8)  # Mamba-2: 4 heads of 8 channels at d_model 16
 
 
 def build_small(name: str, seed: int = 0, **overrides):
