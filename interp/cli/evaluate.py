@@ -24,6 +24,8 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="output directory (models/, cells/, suite, report.html)")
     p.add_argument("--workers", type=int, default=1,
                    help="cells run side by side in this many processes (default 1: one after another, here)")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="with --workers > 1: spread the workers over this many GPUs (worker i uses GPU i mod N)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per cell (default 1)")
     p.add_argument("--no-report", dest="report", action="store_false", help="run the cells only")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -44,8 +46,8 @@ def run(args) -> int:
         return 2
     start = time.perf_counter()
     engine = "processes" if args.workers > 1 else "local"
-    result = run_suite(suite, args.out, engine=engine, workers=args.workers, progress=args.progress,
-                       threads=args.threads, report=args.report)
+    result = run_suite(suite, args.out, engine=engine, workers=args.workers, devices=args.gpus,
+                       progress=args.progress, threads=args.threads, report=args.report)
     n = len(result.outcomes)
     print(f"\n{n - len(result.failed)} of {n} cells finished ({len(result.skipped)} reused from an earlier run) "
           f"in {time.perf_counter() - start:.1f} s")

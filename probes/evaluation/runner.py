@@ -52,17 +52,29 @@ def _call(cell: Cell, retries: int) -> CellOutcome:
     return CellOutcome(cell.key, "failed", None, error)
 
 
+def _pin_gpu(counter, devices: int) -> None:
+    """Process-pool initializer: worker i sees only GPU i mod ``devices`` (set before torch
+    initializes CUDA, so its "cuda" is that GPU)."""
+    import os
+
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(index % devices)
+
+
 def run_cells(cells: Sequence[Cell], *, engine: str = "local", address: str | None = None,
               gpus_per_task: float | None = None, retries: int = 0, progress: bool = True,
               desc: str = "cells", on_result: Callable[[CellOutcome], None] | None = None,
-              workers: int = 1) -> dict[str, CellOutcome]:
+              workers: int = 1, devices: int | None = None) -> dict[str, CellOutcome]:
     """Run every cell; ``on_result(outcome)`` is called here as each one finishes.
 
     engine: "local" (in this process, in order) or "processes" (``workers`` spawned
     processes). address / gpus_per_task: accepted for the interface of
     ``ssmlens.interp.engines.run_cells``; a local runner has no cluster to address and
     no GPU scheduler (``Cell.gpus`` is not enforced). retries: extra tries of a cell that
-    raised.
+    raised. devices: with "processes", spread the workers over this many GPUs (worker i
+    sees GPU i mod devices), for a host with several.
     """
     keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):
@@ -94,7 +106,9 @@ def run_cells(cells: Sequence[Cell], *, engine: str = "local", address: str | No
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            with ProcessPoolExecutor(max_workers=int(workers), mp_context=mp.get_context("spawn")) as pool:
+            ctx = mp.get_context("spawn")
+            pin = dict(initializer=_pin_gpu, initargs=(ctx.Value("i", 0), int(devices))) if devices else {}
+            with ProcessPoolExecutor(max_workers=int(workers), mp_context=ctx, **pin) as pool:
                 futures = {pool.submit(_call, cell, retries): cell.key for cell in cells}
                 try:
                     for future in as_completed(futures):
