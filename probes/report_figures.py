@@ -185,18 +185,26 @@ def association_bars(views: list[ModelView], threshold: float) -> tuple[go.Figur
     have = [v for v in views if "assoc_queried_value" in v.row]
     if not have:
         return None, "no association test was stored"
+    def recalls(v: ModelView) -> bool:  # restored fractions of a model near chance measure noise
+        return float(v.row.get("acc", 0)) >= 0.5 * (1 + float(v.row.get("chance", 0) or 0))
+
     fig = go.Figure()
+    values = []
     for role, color in (("queried_key", "#9467bd"), ("queried_value", "#d62728"), ("query", "#1f77b4")):
-        fig.add_bar(x=[v.name for v in have], y=[float(v.row.get(f"assoc_{role}", np.nan)) for v in have],
-                    name=ROLE_SHORT[role], marker_color=color)
+        y = [float(v.row.get(f"assoc_{role}", np.nan)) for v in have]
+        values += y
+        fig.add_bar(x=[v.name for v in have], y=y, name=ROLE_SHORT[role], marker_color=color,
+                    marker_opacity=[1.0 if recalls(v) else 0.3 for v in have])
     fig.add_hline(y=threshold, line_dash="dot", line_color="#888")
     fig.update_layout(barmode="group")
-    fig.update_yaxes(title_text="restored p(answer), last block input", range=[-0.2, 1.2])
+    finite = [x for x in values if np.isfinite(x)] or [0.0]
+    fig.update_yaxes(title_text="restored p(answer), last block input (faint: no recall)",
+                     range=[max(-2.0, min(-0.2, min(finite) - 0.1)), min(2.0, max(1.2, max(finite) + 0.1))])
     groups: dict[str, list[str]] = {}
     weak = []
     for v in have:
-        if float(v.row.get("acc", 0)) < 0.5 * (1 + float(v.row.get("chance", 0) or 0)):
-            weak.append(v.name)  # restored fractions of a model at chance measure noise
+        if not recalls(v):
+            weak.append(v.name)
             continue
         groups.setdefault(str(v.row.get("locus", "n/a")), []).append(v.name)
     text = {"value (induction)": "at the value position (the pair is bound there: induction-like)",

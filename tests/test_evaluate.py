@@ -181,3 +181,21 @@ def test_shipped_suites_load(tmp_path):
     b = suite_from_dict({**TINY, "train": {**TINY["train"], "steps": 21}}).cells(tmp_path)[0]
     c = suite_from_dict({**TINY, "train": {**TINY["train"], "log_every": 3}}).cells(tmp_path)[0]
     assert a.key == b.key and a.train_hash != b.train_hash and a.train_hash == c.train_hash
+
+
+def test_answer_accuracy_equals_the_full_logits_reference():
+    import torch
+
+    from ssmlens.interp.tasks import make_task
+    from ssmlens.models import Mamba
+    from ssmlens.probes.ablation import parse_ablation
+    from ssmlens.probes.ablation_study import evaluate_cell
+    from ssmlens.probes.evaluation.accuracy import answer_accuracy
+
+    torch.manual_seed(0)
+    model = Mamba(vocab_size=19, d_model=16, n_layers=2, d_state=4).eval()
+    batch = make_task("ar", n_keys=8, n_values=8, n_pairs=3).sample(40, seed=3)
+    for spec in ("none", "no_conv", "zero:blocks.1.hook_resid_pre@queried_value"):
+        fast = answer_accuracy(model, batch, 16, spec)
+        ref = {r["metric"]: r["value"] for r in evaluate_cell(model, batch, parse_ablation(spec), ["acc", "loss"], 16)}
+        assert fast["acc"] == ref["acc"] and fast["loss"] == pytest.approx(ref["loss"], rel=1e-6), spec

@@ -38,8 +38,8 @@ from tqdm.auto import tqdm
 from ssmlens.interp.tasks import make_task
 from ssmlens.interp.tasks.base import TaskBatch
 from ssmlens.probes.ablation import NotApplicable, parse_ablation
-from ssmlens.probes.ablation_study import evaluate_cell
 from ssmlens.probes.evaluation import interventions, memory
+from ssmlens.probes.evaluation.accuracy import answer_accuracy
 from ssmlens.probes.evaluation.components import has_hook
 from ssmlens.probes.evaluation.suite import AnalysisConfig
 
@@ -61,8 +61,7 @@ def chance_level(task: str, task_config: dict) -> float:
 
 
 def _accuracy(model, batch: TaskBatch, batch_size: int, ablation: str = "none") -> dict[str, float]:
-    rows = evaluate_cell(model, batch, parse_ablation(ablation), ["acc", "loss"], batch_size)
-    return {r["metric"]: float(r["value"]) for r in rows}
+    return answer_accuracy(model, batch, batch_size, ablation)
 
 
 def conv_ablation(model, batch: TaskBatch, batch_size: int) -> xr.DataArray | None:

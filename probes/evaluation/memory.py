@@ -33,7 +33,7 @@ import xarray as xr
 from ssmlens.interp.tasks.base import TaskBatch
 from ssmlens.interp.tasks.sampling import make_generator
 from ssmlens.probes.ablation import HookAblation
-from ssmlens.probes.ablation_study import evaluate_cell
+from ssmlens.probes.evaluation.accuracy import answer_accuracy
 from ssmlens.probes.evaluation.components import has_hook
 from ssmlens.probes.patching import patching_sweep
 
@@ -41,7 +41,9 @@ WRITE_ROLES = ("bos", "key", "value", "queried_key", "queried_value", "query", "
 
 
 def has_memory(model) -> bool:
-    return has_hook(model, "memory.hook_write") and hasattr(model.cfg, "memory_size")
+    """A B'MOJO-like model: writes to an eidetic memory that its attention reads."""
+    return (has_hook(model, "memory.hook_write") and hasattr(model.cfg, "memory_size")
+            and all(getattr(b, "attn", None) is not None for b in model.blocks))
 
 
 def with_memory_size(model, size: int):
@@ -52,11 +54,8 @@ def with_memory_size(model, size: int):
     return copy.to(next(model.parameters()).device).eval()
 
 
-def _acc(model, batch: TaskBatch, batch_size: int, ablation=None) -> float:
-    from ssmlens.probes.ablation import NoAblation
-
-    rows = evaluate_cell(model, batch, ablation or NoAblation(), ["acc"], batch_size)
-    return float(rows[0]["value"])
+def _acc(model, batch: TaskBatch, batch_size: int, ablation="none") -> float:
+    return answer_accuracy(model, batch, batch_size, ablation)["acc"]
 
 
 def recall_vs_memory_size(model, batch: TaskBatch, sizes: list[int], batch_size: int) -> xr.DataArray:
