@@ -85,8 +85,8 @@ class LayerDiagnostics:
 def layer_diagnostics(delta: Float[Tensor, "batch pos d_inner"], A: Float[Tensor, "d_inner d_state"],
                       layer: int = 0) -> LayerDiagnostics:
     """Diagnostics from Δ (after softplus, > 0) and A (module docstring)."""
-    delta = torch.as_tensor(delta).detach().double()
-    A = torch.as_tensor(A).detach().double()
+    delta = torch.as_tensor(delta).detach().double().cpu()
+    A = torch.as_tensor(A).detach().double().cpu()
     if delta.ndim != 3 or A.ndim != 2 or delta.shape[-1] != A.shape[0]:
         raise ValueError(f"delta must be [batch, pos, d_inner] and A [d_inner, d_state] with the same d_inner, "
                          f"got {tuple(delta.shape)} and {tuple(A.shape)}")

@@ -64,16 +64,18 @@ def _accuracy(model, batch: TaskBatch, batch_size: int, ablation: str = "none") 
     return answer_accuracy(model, batch, batch_size, ablation)
 
 
-def conv_ablation(model, batch: TaskBatch, batch_size: int) -> xr.DataArray | None:
+def conv_ablation(model, batch: TaskBatch, batch_size: int, baseline: float | None = None) -> xr.DataArray | None:
     """Accuracy without the short conv (``no_conv``: its kernel reduced to the current
-    tap), in every layer and in each alone; None for a model without one."""
+    tap), in every layer and in each alone; None for a model without one. ``baseline``:
+    the unablated accuracy on this batch when already known."""
     try:
         parse_ablation("no_conv").bind(model, batch).fwd_hooks()
     except NotApplicable:
         return None
     layers = sorted({int(n.split(".")[1]) for n in model.hook_dict if n.endswith("mixer.hook_conv")})
     specs = ["none", "no_conv"] + [f"no_conv@{l}" for l in layers]
-    accs = [_accuracy(model, batch, batch_size, s)["acc"] for s in specs]
+    accs = [baseline if s == "none" and baseline is not None else _accuracy(model, batch, batch_size, s)["acc"]
+            for s in specs]
     return xr.DataArray(np.array(accs), dims=["ablation"], coords={"ablation": specs}, attrs={"metric": "acc"})
 
 
@@ -81,9 +83,10 @@ def mixing_results(model, tokens: torch.Tensor) -> dict[str, xr.DataArray]:
     from ssmlens.probes.mixing import token_mixing
 
     out = {}
+    tokens = tokens[:1].to(next(model.parameters()).device)
     for layer in range(len(model.blocks)):
-        res = token_mixing(model, tokens[:1], layer)
-        m = res.matrix[0].float().numpy()
+        res = token_mixing(model, tokens, layer)
+        m = res.matrix[0].float().cpu().numpy()
         out[f"mixing/L{layer}"] = xr.DataArray(
             m, dims=[res.group, "q", "k"], coords={"k": res.labels()},
             attrs={"kind": res.kind, "group": res.group, "hook": res.hook,
@@ -95,7 +98,7 @@ def mixing_results(model, tokens: torch.Tensor) -> dict[str, xr.DataArray]:
 def diagnostics_results(model, tokens: torch.Tensor) -> tuple[dict[str, xr.DataArray], dict]:
     from ssmlens.probes.diagnostics import QUANTILES, model_diagnostics
 
-    diags = model_diagnostics(model, tokens)
+    diags = model_diagnostics(model, tokens.to(next(model.parameters()).device))
     if not diags:
         return {}, {}
     layers = [d.layer for d in diags]
@@ -153,7 +156,7 @@ def analyse(model, task: str, task_config: dict, cfg: AnalysisConfig, progress: 
                 out.results["association/resid"] = assoc
             m.update(interventions.association_locus(assoc, cfg.threshold))
         elif step == "conv":
-            conv = conv_ablation(model, held_out, cfg.batch_size)
+            conv = conv_ablation(model, held_out, cfg.batch_size, baseline=m["acc"])
             if conv is not None:
                 out.results["ablation/acc"] = conv
                 m["acc_no_conv"] = float(conv.sel(ablation="no_conv"))

@@ -82,6 +82,13 @@ def expected_fingerprint(spec: dict, analysis: dict) -> str | None:
     return None if final is None else fingerprint(spec["train_hash"], analysis, weights_digest(final))
 
 
+def analysis_device(setting: str, train_device: str) -> torch.device:
+    """The device of a cell's analyses: the training run's ("train"), or the one named."""
+    from ssmlens.interp.training.optim import resolve_device
+
+    return resolve_device(train_device if setting == "train" else setting)
+
+
 def train_or_reuse(spec: dict, progress: bool) -> tuple[Path, dict, bool]:
     """(checkpoint, training summary, whether a finished run was reused)."""
     from ssmlens.interp.training import Trainer
@@ -116,11 +123,22 @@ def run_cell(*, out: str, spec: dict, task: str, task_config: dict, analysis: di
     if done is not None:
         return done
     cfg = AnalysisConfig(**analysis)
-    model = load_model(checkpoint, device="cpu").eval()
+    device = analysis_device(cfg.device, spec["train"]["device"])
+    model = load_model(checkpoint, device=device).eval()
     t1 = time.perf_counter()
-    result = analyse(model, task, task_config, cfg, progress=progress, desc=f"{key} analyses")
+    fallback = None
+    try:
+        result = analyse(model, task, task_config, cfg, progress=progress, desc=f"{key} analyses")
+    except Exception as e:
+        if device.type == "cpu":
+            raise
+        # the probes are tested on the CPU; a failure on the GPU is retried there, and recorded
+        fallback = f"{type(e).__name__} on {device}: {e}"[:500]
+        model, device = model.cpu(), torch.device("cpu")
+        result = analyse(model, task, task_config, cfg, progress=progress, desc=f"{key} analyses (cpu)")
     with torch.no_grad():
-        _, cache = model.run_with_cache(result.batch.tokens[:cache_examples])
+        _, cache = model.run_with_cache(result.batch.tokens[:cache_examples].to(device))
+        cache = {k: v.cpu() for k, v in cache.items()}
     row = {
         "key": key, "family": spec["family"], "label": spec["label"], "width": spec["width"], "lr": spec["lr"],
         "seed": spec["seed"], "n_params": sum(p.numel() for p in model.parameters()),
@@ -128,7 +146,8 @@ def run_cell(*, out: str, spec: dict, task: str, task_config: dict, analysis: di
         "stop_reason": str(train_summary.get("stop_reason", "")),
         "train_eval_acc": float((train_summary.get("eval") or {}).get("acc", float("nan"))),
         "reused_model": reused, "train_wall_s": round(train_wall, 2),
-        "analysis_s": round(time.perf_counter() - t1, 2), "fingerprint": expected, **result.metrics,
+        "analysis_s": round(time.perf_counter() - t1, 2), "fingerprint": expected, "analysis_device": str(device),
+        **({"analysis_fallback": fallback} if fallback else {}), **result.metrics,
     }
     config = {
         "kind": CELL_KIND, "suite": suite, "key": key, "family": spec["family"], "model_type": spec["family"],

@@ -65,14 +65,15 @@ def _by_component(sweep: xr.DataArray, components: dict[str, str]) -> dict[str, 
 def interchange_by_role(model, clean: TaskBatch, roles: list[str], components: list[str], seed: int,
                         progress: bool = False) -> dict[str, xr.DataArray]:
     """IIA (and p_label, logit_diff, kl) per component: ``{label: (metric, layer, role)}``."""
-    source = corrupt(clean, "value", seed)
+    source = corrupt(clean, "value", seed)  # on the CPU (its sampler is), then on the model's device
     labels = source.tokens_at("queried_value")  # v': corrupt keeps the clean answer token at "answer"
     found = model_components(model, components)
     roles = [r for r in roles if r in clean.roles]
     if not found or not roles:
         return {}
-    sweep = interchange_sweep(model, clean, source, list(found.values()), roles, labels=labels,
-                              progress=progress)
+    device = next(model.parameters()).device
+    sweep = interchange_sweep(model, clean.to(device), source.to(device), list(found.values()), roles,
+                              labels=labels.to(device), progress=progress)
     return _by_component(sweep, found)
 
 
@@ -84,8 +85,9 @@ def association_test(model, clean: TaskBatch, roles: list[str], seed: int,
     if not roles or "queried_key" not in clean.roles:
         return None
     corrupted = corrupt(clean, "key", seed)
-    sweep = patching_sweep(model, clean, corrupted, "hook_resid_pre", roles, direction="denoise",
-                           progress=progress)
+    device = next(model.parameters()).device
+    sweep = patching_sweep(model, clean.to(device), corrupted.to(device), "hook_resid_pre", roles,
+                           direction="denoise", progress=progress)
     return _by_component(sweep, {"resid": "hook_resid_pre"})["resid"]
 
 

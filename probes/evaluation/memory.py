@@ -81,11 +81,16 @@ def _at_role(values: torch.Tensor, batch: TaskBatch, role: str) -> torch.Tensor:
     return torch.where(pos >= 0, got, torch.full_like(got, float("nan")))
 
 
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def _writes(model, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
+    """{layer: bool [b, pos] written} (on the CPU)."""
     names = [n for n in model.hook_dict if n.endswith("memory.hook_write")]
-    _, cache = model.run_with_cache(tokens, names_filter=names)
-    return {int(n.split(".")[1]): (cache[n] > 0.5) for n in names}
+    _, cache = model.run_with_cache(tokens.to(_device(model)), names_filter=names)
+    return {int(n.split(".")[1]): (cache[n] > 0.5).cpu() for n in names}
 
 
 def writes_by_role(model, batch: TaskBatch) -> xr.DataArray:
@@ -141,8 +146,8 @@ def attention_split(model, batch: TaskBatch) -> xr.DataArray:
     rows = torch.arange(len(batch))
     far = outside_window(batch, model.cfg.window)
     for i, l in enumerate(layers):
-        res = token_mixing(model, batch.tokens, l, slot="attn")
-        p = res.matrix.mean(1)[rows, query]  # [b, L + 1], mean over heads
+        res = token_mixing(model, batch.tokens.to(_device(model)), l, slot="attn")
+        p = res.matrix.mean(1).cpu()[rows, query]  # [b, L + 1], mean over heads
         L = res.n_tokens
         wmask = window_mask(L, model.cfg.window)[query]  # [b, L]
         tok = p[:, :L]
@@ -179,8 +184,9 @@ def write_patching(model, clean: TaskBatch, roles: list[str], seed: int,
     write change ``(layer, role)``)."""
     corrupted = repeat_key(clean, seed)
     roles = [r for r in roles if r in clean.roles]
-    sweep = patching_sweep(model, clean, corrupted, "memory.hook_write", roles, direction="noise",
-                           progress=progress).sel(hook="memory.hook_write", drop=True)
+    device = _device(model)
+    sweep = patching_sweep(model, clean.to(device), corrupted.to(device), "memory.hook_write", roles,
+                           direction="noise", progress=progress).sel(hook="memory.hook_write", drop=True)
     a, b = _writes(model, clean.tokens), _writes(model, corrupted.tokens)
     layers = sorted(a)
     change = np.full((len(layers), len(roles)), np.nan)

@@ -71,6 +71,9 @@ class AnalysisConfig:
     memory_sizes: B'MOJO's recall is evaluated at each (and at its trained size).
     threshold: a restored fraction / IIA at or above it counts as "carries the answer".
     recall_threshold: a model with accuracy at or above it "recalls" (report).
+    device: where the analyses run: "train" (the training run's device; on a GPU, a cell
+    whose analyses fail there is analysed again on the CPU and says so in its metrics),
+    "cpu", or a torch device.
     """
 
     n_examples: int = 64
@@ -82,6 +85,7 @@ class AnalysisConfig:
     threshold: float = 0.5
     recall_threshold: float = 0.9
     batch_size: int = 250
+    device: str = "train"
 
     def check(self, where: str = "suite.analysis") -> "AnalysisConfig":
         for name in ("n_examples", "eval_size", "batch_size"):
@@ -100,6 +104,8 @@ class AnalysisConfig:
             raise SuiteError(f"{where}.components: unknown {unknown}; valid: {', '.join(COMPONENTS)}")
         if any(not isinstance(m, int) or m < 0 for m in self.memory_sizes):
             raise SuiteError(f"{where}.memory_sizes: expected integers >= 0, got {self.memory_sizes!r}")
+        if not isinstance(self.device, str) or not self.device:
+            raise SuiteError(f"{where}.device: expected 'train', 'cpu' or a torch device, got {self.device!r}")
         for name in ("threshold", "recall_threshold"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0 < v <= 1):
