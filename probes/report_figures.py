@@ -250,12 +250,12 @@ def memory_figures(views: list[ModelView]) -> list[tuple[go.Figure | None, str]]
     for v in have:
         da = v.result("memory/recall_vs_size")
         sizes = [int(s) for s in da["memory_size"].values]
-        fig.add_trace(go.Scatter(x=sizes, y=da.values, mode="lines+markers", name=v.name,
+        fig.add_trace(go.Scatter(x=[str(s) for s in sizes], y=da.values, mode="lines+markers", name=v.name,
                                  line=dict(color=colors[v.name])))
         trained = int(da.attrs.get("trained_memory_size", sizes[-1]))
         parts.append(f"{v.name} {pct(float(da.sel(memory_size=trained)))} with its {trained}-token memory and "
                      f"{pct(float(da.sel(memory_size=0)))} without (share {num(float(v.row.get('memory_share')))})")
-    fig.update_xaxes(title_text="eidetic memory size at evaluation (tokens)")
+    fig.update_xaxes(title_text="eidetic memory size at evaluation (tokens)", type="category")
     fig.update_yaxes(title_text="answer accuracy", range=[0, 1.05])
     out = [(_style(fig, "B'MOJO: recall vs eidetic memory size", 380),
             f"Accuracy of the same weights with the memory limited at evaluation: {join(parts)}.")]
@@ -276,7 +276,48 @@ def memory_figures(views: list[ModelView]) -> list[tuple[go.Figure | None, str]]
         fig.update_yaxes(title_text="fraction written (last layer)", range=[0, 1.05])
         out.append((_style(fig, "B'MOJO: which tokens enter the eidetic memory", 380),
                     f"Write rates by role in the last layer: {join(bits)}."))
+    where = memory_where(have)
+    if where[0] is not None:
+        out.append(where)
     return out
+
+
+def memory_where(views: list[ModelView]) -> tuple[go.Figure | None, str]:
+    """Where the memory holds the pair: accuracy with one role's write blocked (queried
+    pair outside the window), and the repeat-key write patching with its write change."""
+    have = [(v, v.result("memory/write_ablation"), v.result("memory/write_patching"),
+             v.result("memory/write_change")) for v in views]
+    have = [h for h in have if h[1] is not None or h[2] is not None]
+    if not have:
+        return None, ""
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=[
+        "accuracy with one write blocked (queried pair outside the window)",
+        "repeat-key writes patched into the clean run (1 = no effect)"])
+    colors = _colors([v.name for v, *_ in have])
+    blocked, changed = [], []
+    for v, ablation, patching, change in have:
+        if ablation is not None:
+            x = [f"L{l} {ROLE_SHORT.get(str(r), r)}" for l in ablation["layer"].values for r in ablation["role"].values]
+            fig.add_bar(x=x, y=ablation.values.ravel(), name=v.name, marker_color=colors[v.name], row=1, col=1)
+            base = float(ablation.attrs.get("baseline_acc", np.nan))
+            worst = ablation.where(ablation == ablation.min(), drop=True)
+            layer, role = int(worst["layer"].values[0]), str(worst["role"].values[0])
+            blocked.append(f"in {v.name} blocking the {ROLE_SHORT.get(role, role)}'s write in layer {layer} takes "
+                           f"accuracy from {pct(base)} to {pct(float(ablation.min()))}")
+        if patching is not None and change is not None:
+            restored = patching.sel(metric="restored")
+            x = [f"L{l} {ROLE_SHORT.get(str(r), r)}" for l in restored["layer"].values for r in restored["role"].values]
+            fig.add_bar(x=x, y=restored.values.ravel(), name=f"{v.name} (patching)", marker_color=colors[v.name],
+                        showlegend=False, row=1, col=2)
+            qk = change.sel(role="queried_key") if "queried_key" in change["role"].values.tolist() else None
+            if qk is not None:
+                changed.append(f"{pct(float(qk.max()))} of {v.name}'s queried-key writes")
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(range=[0, 1.05], row=1, col=1)
+    caption = "; ".join(blocked) if blocked else "no example had its queried pair outside the window"
+    if changed:
+        caption += f"; repeating another pair's key at the queried key's position changes {join(changed)}"
+    return _style(fig, "B'MOJO: where the memory holds the pair", 400), caption[0].upper() + caption[1:] + "."
 
 
 # ---- token mixing --------------------------------------------------------------------------
@@ -361,7 +402,7 @@ def diagnostics_figure(views: list[ModelView], recall_threshold: float) -> tuple
 
     abscissa = max(float(v.row.get("diag_abscissa", np.nan)) for v in have)
     parts = []
-    for name, vs in (("that recall", good), ("that do not", bad)):
+    for name, vs in (("that recall", good), ("that do not recall", bad)):
         if vs:
             parts.append(f"the {len(vs)} model{'s' if len(vs) > 1 else ''} {name} have a median channel horizon of "
                          f"{med(vs, 'diag_median_horizon'):.1f} tokens and a Δ input share of "
