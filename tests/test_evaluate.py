@@ -199,3 +199,22 @@ def test_answer_accuracy_equals_the_full_logits_reference():
         fast = answer_accuracy(model, batch, 16, spec)
         ref = {r["metric"]: r["value"] for r in evaluate_cell(model, batch, parse_ablation(spec), ["acc", "loss"], 16)}
         assert fast["acc"] == ref["acc"] and fast["loss"] == pytest.approx(ref["loss"], rel=1e-6), spec
+
+
+def test_process_engine_gives_the_same_numbers(tiny, tmp_path):
+    _, _, local = tiny
+    suite = suite_from_dict({**TINY, "models": TINY["models"][:2]})
+    result = run_suite(suite, tmp_path / "out", engine="processes", workers=2, progress=False, report=False)
+    assert not result.failed and len(result.rows) == 2
+    for key, row in result.rows.items():
+        for metric in ("acc", "loss", "assoc_queried_value", "iia_value_L1", "acc_no_conv"):
+            assert row.get(metric) == local.rows[key].get(metric), (key, metric)
+
+
+def test_deadline_leaves_cells_for_the_next_run(tmp_path):
+    suite = suite_from_dict({**TINY, "models": TINY["models"][:2]})
+    result = run_suite(suite, tmp_path / "out", deadline_s=0, progress=False)
+    assert result.rows == {} and result.outcomes == {} and not result.failed
+    cells = open_run(tmp_path / "out" / "suite").table("cells")
+    assert list(cells["status"]) == ["not run", "not run"]
+    assert "0 finished" in (tmp_path / "out" / "report.md").read_text()

@@ -27,6 +27,9 @@ def add_arguments(p) -> None:
     p.add_argument("--gpus", type=int, default=None,
                    help="with --workers > 1: spread the workers over this many GPUs (worker i uses GPU i mod N)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per cell (default 1)")
+    p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+                   help="start no cell after this many seconds (running ones finish); the report covers what "
+                        "finished and the next run does the rest")
     p.add_argument("--no-report", dest="report", action="store_false", help="run the cells only")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
@@ -47,9 +50,11 @@ def run(args) -> int:
     start = time.perf_counter()
     engine = "processes" if args.workers > 1 else "local"
     result = run_suite(suite, args.out, engine=engine, workers=args.workers, devices=args.gpus,
-                       progress=args.progress, threads=args.threads, report=args.report)
-    n = len(result.outcomes)
-    print(f"\n{n - len(result.failed)} of {n} cells finished ({len(result.skipped)} reused from an earlier run) "
+                       progress=args.progress, threads=args.threads, report=args.report, deadline_s=args.deadline)
+    n = len(suite.cells(args.out))
+    not_run = n - len(result.outcomes)
+    print(f"\n{len(result.rows)} of {n} cells finished ({len(result.skipped)} reused from an earlier run"
+          + (f"; {not_run} not started before the deadline" if not_run else "") + ") "
           f"in {time.perf_counter() - start:.1f} s")
     for key, error in result.failed.items():
         print(f"FAILED {key}: {error.splitlines()[0] if error else ''}", file=sys.stderr)

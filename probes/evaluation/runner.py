@@ -66,7 +66,8 @@ def _pin_gpu(counter, devices: int) -> None:
 def run_cells(cells: Sequence[Cell], *, engine: str = "local", address: str | None = None,
               gpus_per_task: float | None = None, retries: int = 0, progress: bool = True,
               desc: str = "cells", on_result: Callable[[CellOutcome], None] | None = None,
-              workers: int = 1, devices: int | None = None) -> dict[str, CellOutcome]:
+              workers: int = 1, devices: int | None = None,
+              deadline_s: float | None = None) -> dict[str, CellOutcome]:
     """Run every cell; ``on_result(outcome)`` is called here as each one finishes.
 
     engine: "local" (in this process, in order) or "processes" (``workers`` spawned
@@ -74,8 +75,13 @@ def run_cells(cells: Sequence[Cell], *, engine: str = "local", address: str | No
     ``ssmlens.interp.engines.run_cells``; a local runner has no cluster to address and
     no GPU scheduler (``Cell.gpus`` is not enforced). retries: extra tries of a cell that
     raised. devices: with "processes", spread the workers over this many GPUs (worker i
-    sees GPU i mod devices), for a host with several.
+    sees GPU i mod devices), for a host with several. deadline_s: no cell starts later
+    than this many seconds after the call (cells running then finish); cells not started
+    are left out of the returned outcomes.
     """
+    import time
+
+    stop_at = None if deadline_s is None else time.monotonic() + float(deadline_s)
     keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):
         dup = sorted({k for k in keys if keys.count(k) > 1})
@@ -100,6 +106,8 @@ def run_cells(cells: Sequence[Cell], *, engine: str = "local", address: str | No
     try:
         if engine == "local" or workers <= 1 or len(cells) <= 1:
             for cell in cells:
+                if stop_at is not None and time.monotonic() >= stop_at:
+                    break
                 bar.set_postfix_str(cell.key, refresh=True)
                 finished(_call(cell, retries))
         else:
@@ -112,6 +120,11 @@ def run_cells(cells: Sequence[Cell], *, engine: str = "local", address: str | No
                 futures = {pool.submit(_call, cell, retries): cell.key for cell in cells}
                 try:
                     for future in as_completed(futures):
+                        if stop_at is not None and time.monotonic() >= stop_at:
+                            for f in futures:
+                                f.cancel()  # those not started yet; running ones finish
+                        if future.cancelled():
+                            continue
                         try:
                             finished(future.result())
                         except Exception as e:  # the worker died (killed, out of memory)

@@ -56,11 +56,12 @@ class SuiteResult:
 #     return run_cells(cells, engine=engine, progress=progress, desc=desc, on_result=on_result, retries=0)
 # and let the CLI's --engine choose "local" / "ray" (``workers`` is this runner's process pool).
 def execute(cells: list[Cell], *, engine: str = "local", workers: int = 1, devices: int | None = None,
-            progress: bool = True, desc: str = "evaluation suite", on_result=None) -> dict[str, CellOutcome]:
+            deadline_s: float | None = None, progress: bool = True, desc: str = "evaluation suite",
+            on_result=None) -> dict[str, CellOutcome]:
     from ssmlens.probes.evaluation.runner import run_cells
 
-    return run_cells(cells, engine=engine, workers=workers, devices=devices, progress=progress, desc=desc,
-                     on_result=on_result, retries=0)
+    return run_cells(cells, engine=engine, workers=workers, devices=devices, deadline_s=deadline_s,
+                     progress=progress, desc=desc, on_result=on_result, retries=0)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -90,10 +91,12 @@ def _previous_suite(path: Path) -> str | None:
 
 def run_suite(suite: Suite | str | Path, out: str | Path, *, engine: str = "local", workers: int = 1,
               devices: int | None = None, progress: bool = True, threads: int | None = 1,
-              report: bool = True) -> SuiteResult:
+              report: bool = True, deadline_s: float | None = None) -> SuiteResult:
     """Run (or resume) ``suite`` into ``out`` (module docstring). engine "local": the cells
     one after another in this process; "processes": ``workers`` processes side by side
-    (spread over ``devices`` GPUs when given). threads: torch CPU threads per cell."""
+    (spread over ``devices`` GPUs when given). threads: torch CPU threads per cell.
+    deadline_s: start no cell after this many seconds; the report covers what finished
+    (the others are "not run", and the next run does them)."""
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
     out = Path(out)
@@ -118,7 +121,8 @@ def run_suite(suite: Suite | str | Path, out: str | Path, *, engine: str = "loca
             suite=suite.name, progress=progress and not quiet, threads=threads), gpus=spec.gpus, cpus=spec.cpus))
     log = out / "cells.jsonl"
     if todo:
-        ran = execute(todo, engine=engine, workers=workers, devices=devices, progress=progress,
+        ran = execute(todo, engine=engine, workers=workers, devices=devices, deadline_s=deadline_s,
+                      progress=progress,
                       desc=f"suite {suite.name} ({len(todo)} of {len(specs)} cells to run)",
                       on_result=lambda o: _append_log(log, o))
         for key, outcome in ran.items():
