@@ -139,6 +139,8 @@ def build_report(suite, out: str | Path, cells: pd.DataFrame, mechanism: pd.Data
     sections.append(("Interchange interventions by role", fig, cap))
     fig, cap = rf.association_bars(views, a.threshold)
     sections.append(("Association test", fig, cap))
+    fig, cap = rf.association_heatmaps(views, a.components, a.threshold)
+    sections.append(("Association test", fig, cap))
     fig, cap = rf.conv_ablation_bars(views)
     sections.append(("Short-convolution ablation", fig, cap))
     for fig, cap in rf.memory_figures(views):

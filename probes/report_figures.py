@@ -120,13 +120,15 @@ def accuracy_vs_width(cells, recall_threshold: float) -> tuple[go.Figure | None,
 # ---- interventions -------------------------------------------------------------------------
 
 
-def _interchange_grid(view: ModelView, components: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
+def _role_grid(view: ModelView, components: list[str], prefix: str = "interchange",
+               metric: str = "iia") -> tuple[np.ndarray, list[str], list[str]]:
+    """``[component·layer, role]`` values of ``<prefix>/<component>`` results."""
     rows, ylabels, roles = [], [], None
     for comp in components:
-        da = view.result(f"interchange/{comp}")
+        da = view.result(f"{prefix}/{comp}")
         if da is None:
             continue
-        da = da.sel(metric="iia")
+        da = da.sel(metric=metric)
         roles = [str(r) for r in da["role"].values]
         for layer in da["layer"].values.tolist():
             rows.append(da.sel(layer=layer).values.astype(float))
@@ -136,23 +138,32 @@ def _interchange_grid(view: ModelView, components: list[str]) -> tuple[np.ndarra
     return np.stack(rows), ylabels, [ROLE_SHORT.get(r, r) for r in roles]
 
 
-def interchange_heatmaps(views: list[ModelView], components: list[str], threshold: float
-                         ) -> tuple[go.Figure | None, str]:
-    """IIA of value interchanges, component·layer × role, one panel per model."""
-    grids = [(v, *_interchange_grid(v, components)) for v in views]
-    grids = [g for g in grids if g[1].size]
-    if not grids:
-        return None, "no interchange results were stored"
+def _role_heatmaps(grids, metric: str, signed: bool) -> go.Figure:
+    """One heatmap panel per model (component·layer × role) on one colour scale."""
     nr, nc = _grid(len(grids))
     fig = make_subplots(rows=nr, cols=nc, subplot_titles=[f"{v.name} (acc {pct(v.acc)})" for v, *_ in grids],
                         horizontal_spacing=0.09, vertical_spacing=0.12 if nr > 1 else 0.1)
+    scale = dict(zmin=-1, zmax=1, colorscale="RdBu", reversescale=True) if signed else \
+        dict(zmin=0, zmax=1, colorscale="Viridis")
     for i, (v, z, ylab, xlab) in enumerate(grids):
         r, c = divmod(i, nc)
-        fig.add_trace(go.Heatmap(z=z, x=xlab, y=ylab, zmin=0, zmax=1, colorscale="Viridis", showscale=i == 0,
-                                 colorbar=dict(title="IIA", len=0.5),
-                                 hovertemplate=f"{v.name}<br>%{{y}} @ %{{x}}: IIA %{{z:.2f}}<extra></extra>"),
-                      row=r + 1, col=c + 1)
+        fig.add_trace(go.Heatmap(z=z, x=xlab, y=ylab, showscale=i == 0, colorbar=dict(title=metric, len=0.5),
+                                 hovertemplate=f"{v.name}<br>%{{y}} @ %{{x}}: {metric} %{{z:.2f}}<extra></extra>",
+                                 **scale), row=r + 1, col=c + 1)
         fig.update_yaxes(autorange="reversed", tickfont=dict(size=10), row=r + 1, col=c + 1)
+    tallest = max(len(g[2]) for g in grids)
+    fig.update_layout(height=110 + nr * (70 + 20 * tallest))
+    return fig
+
+
+def interchange_heatmaps(views: list[ModelView], components: list[str], threshold: float
+                         ) -> tuple[go.Figure | None, str]:
+    """IIA of value interchanges, component·layer × role, one panel per model."""
+    grids = [(v, *_role_grid(v, components)) for v in views]
+    grids = [g for g in grids if g[1].size]
+    if not grids:
+        return None, "no interchange results were stored"
+    fig = _role_heatmaps(grids, "IIA", signed=False)
     carried, moved, neither = [], [], []
     for v, *_ in grids:
         last = int(v.row.get("locus_layer", -1))
@@ -176,8 +187,33 @@ def interchange_heatmaps(views: list[ModelView], components: list[str], threshol
     caption = ("Interchange intervention accuracy (the model answers the source's value v′) when one site takes "
                "its activation from the value-corrupted run; " + ("; ".join(parts) or "no site of a later block "
                                                                   "carries the value") + ".")
-    tallest = max(len(g[2]) for g in grids)
-    return _style(fig, "Interchange interventions by role (value corruption)", 110 + nr * (70 + 20 * tallest)), caption
+    return _style(fig, "Interchange interventions by role (value corruption)", fig.layout.height), caption
+
+
+def association_heatmaps(views: list[ModelView], components: list[str], threshold: float
+                         ) -> tuple[go.Figure | None, str]:
+    """Restored fraction under key corruption, component·layer × role, one panel per model."""
+    grids = [(v, *_role_grid(v, components, "association", "restored")) for v in views]
+    grids = [g for g in grids if g[1].size]
+    if not grids:
+        return None, "no association test was stored"
+    fig = _role_heatmaps(grids, "restored", signed=True)
+    binds, not_binds = [], []
+    for v, *_ in grids:
+        c = float(v.row.get("assoc_conv_value", np.nan))
+        if not np.isfinite(c) or v.acc < 0.5 * (1 + float(v.row.get("chance", 0) or 0)):
+            continue
+        (binds if c >= threshold else not_binds).append(f"{v.name} ({num(c)})")
+    parts = []
+    if binds:
+        parts.append(f"patching the clean short-conv output at the value position alone restores the answer in "
+                     f"{join(binds)}: the conv binds the key into the value's position (induction through the conv)")
+    if not_binds:
+        parts.append(f"it does not in {join(not_binds)}")
+    caption = ("Restored fraction of p(answer) when one clean activation is patched into the key-corrupted run, by "
+               "component, layer and role" + ("; " + "; ".join(parts) if parts else
+                                              "; no model that recalls has a short conv") + ".")
+    return _style(fig, "Association test by component (key corruption)", fig.layout.height), caption
 
 
 def association_bars(views: list[ModelView], threshold: float) -> tuple[go.Figure | None, str]:

@@ -126,7 +126,8 @@ def result_choices(ctx: Context, runs: list[str] | None, current: str | None = N
 
     def rank(name):
         family = name.split("/")[0]
-        return (-counts[name], PREFERRED.index(family) if family in PREFERRED else len(PREFERRED), name)
+        resid = 0 if name.endswith(("/resid", "/resid_pre")) else 1  # the residual stream first in a family
+        return (-counts[name], PREFERRED.index(family) if family in PREFERRED else len(PREFERRED), resid, name)
 
     names = sorted(counts, key=rank)
     options = [{"label": f"{n} (in {counts[n]} of {len(runs)} runs)", "value": n} for n in names]

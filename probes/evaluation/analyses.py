@@ -8,7 +8,7 @@ result                      what (module that computes it)
 ``accuracy``                answer accuracy and loss on ``eval_size`` held-out examples
 ``interchange/<component>`` IIA ``(metric, layer, role)`` of value interchanges by role
                             (``interventions.interchange_by_role``)
-``association/resid``       restored fraction ``(metric, layer, role)`` under key
+``association/<component>`` restored fraction ``(metric, layer, role)`` under key
                             corruption (``interventions.association_test``)
 ``ablation/acc``            accuracy ``(ablation,)``: none, no_conv, no_conv@l (when the
                             model has a short conv)
@@ -151,10 +151,10 @@ def analyse(model, task: str, task_config: dict, cfg: AnalysisConfig, progress: 
             m.update(interventions.value_carried(found))
             m["components"] = sorted(found)
         elif step == "association":
-            assoc = interventions.association_test(model, clean, cfg.roles, cfg.seed + 2)
-            if assoc is not None:
-                out.results["association/resid"] = assoc
-            m.update(interventions.association_locus(assoc, cfg.threshold))
+            assoc = interventions.association_test(model, clean, cfg.roles, cfg.components, cfg.seed + 2)
+            out.results.update({f"association/{k}": v for k, v in assoc.items()})
+            m.update(interventions.association_locus(assoc.get("resid"), cfg.threshold))
+            m.update(interventions.conv_binding(assoc))
         elif step == "conv":
             conv = conv_ablation(model, held_out, cfg.batch_size, baseline=m["acc"])
             if conv is not None:

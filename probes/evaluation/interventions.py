@@ -28,7 +28,10 @@ only the key position differs, so only it restores; at the input of a later bloc
 
 ``association_locus`` reads this at the input of the last block (the deepest point
 where a later block can still use it): the role with the largest restored fraction,
-if it reaches the threshold.
+if it reaches the threshold. The same patching of the other components (mixer output,
+states, short-conv output) says inside which part of a block the pair is bound:
+``conv_binding`` is the restored fraction of the short conv's output at the value
+position (Arora et al.: Mamba's induction runs through its short convolution).
 """
 
 from __future__ import annotations
@@ -77,18 +80,22 @@ def interchange_by_role(model, clean: TaskBatch, roles: list[str], components: l
     return _by_component(sweep, found)
 
 
-def association_test(model, clean: TaskBatch, roles: list[str], seed: int,
-                     progress: bool = False) -> xr.DataArray | None:
-    """Restored fraction (and the other patching metrics) of clean residual streams
-    patched into the key-corrupted run, ``(metric, layer, role)`` over block inputs."""
+def association_test(model, clean: TaskBatch, roles: list[str], components: list[str], seed: int,
+                     progress: bool = False) -> dict[str, xr.DataArray]:
+    """Restored fraction (and the other patching metrics) of clean activations patched
+    into the key-corrupted run, ``{component: (metric, layer, role)}``; "resid" is the
+    block inputs the locus is read from, the others say inside which part of a block
+    the pair is bound (e.g. the short conv's output at the value position: induction
+    through the conv, as Arora et al. find for Mamba)."""
     roles = [r for r in roles if r in clean.roles]
     if not roles or "queried_key" not in clean.roles:
-        return None
+        return {}
+    found = model_components(model, ["resid", *components])
     corrupted = corrupt(clean, "key", seed)
     device = next(model.parameters()).device
-    sweep = patching_sweep(model, clean.to(device), corrupted.to(device), "hook_resid_pre", roles,
+    sweep = patching_sweep(model, clean.to(device), corrupted.to(device), list(found.values()), roles,
                            direction="denoise", progress=progress)
-    return _by_component(sweep, {"resid": "hook_resid_pre"})["resid"]
+    return _by_component(sweep, found)
 
 
 def association_locus(assoc: xr.DataArray | None, threshold: float) -> dict:
@@ -112,6 +119,18 @@ def association_locus(assoc: xr.DataArray | None, threshold: float) -> dict:
     best = max(finite, key=finite.get)
     out["locus"] = LOCUS_NAMES[best] if finite[best] >= threshold else "unclear"
     return out
+
+
+def conv_binding(assoc: dict[str, xr.DataArray]) -> dict:
+    """``assoc_conv_value``: the largest restored fraction of patching the short conv's
+    output at the value position (over layers) under key corruption: how much of the
+    binding the conv does (it mixes the key into the value's position)."""
+    conv = assoc.get("conv")
+    if conv is None or "queried_value" not in conv["role"].values.tolist():
+        return {}
+    values = conv.sel(metric="restored", role="queried_value").values.astype(float)
+    finite = values[np.isfinite(values)]
+    return {"assoc_conv_value": float(finite.max())} if finite.size else {}
 
 
 def value_carried(interchange: dict[str, xr.DataArray]) -> dict:

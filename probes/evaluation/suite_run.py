@@ -74,8 +74,10 @@ def _append_log(path: Path, outcome: CellOutcome) -> None:
         f.write(json.dumps(record, default=str) + "\n")
 
 
-def suite_fingerprint(rows: dict[str, dict], outcomes: dict[str, CellOutcome]) -> str:
-    parts = [[k, o.status, (rows.get(k) or {}).get("fingerprint"), o.error] for k, o in sorted(outcomes.items())]
+def suite_fingerprint(keys: list[str], rows: dict[str, dict], outcomes: dict[str, CellOutcome]) -> str:
+    """What the report depends on: the cells, their status and their stores' fingerprints."""
+    parts = [[k, outcomes[k].status if k in outcomes else "not run", (rows.get(k) or {}).get("fingerprint"),
+              outcomes[k].error if k in outcomes else None] for k in keys]
     return hashlib.sha256(json.dumps([REPORT_VERSION, parts], default=str).encode()).hexdigest()[:16]
 
 
@@ -165,7 +167,7 @@ def _write_suite(suite: Suite, out: Path, specs, result: SuiteResult) -> None:
     from ssmlens.probes.report import build_report
 
     store = out / "suite"
-    fp = suite_fingerprint(result.rows, result.outcomes)
+    fp = suite_fingerprint([s.key for s in specs], result.rows, result.outcomes)
     result.report_html, result.report_md = out / "report.html", out / "report.md"
     if _previous_suite(store) == fp and result.report_html.is_file() and result.report_md.is_file():
         return
