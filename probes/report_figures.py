@@ -198,21 +198,29 @@ def association_heatmaps(views: list[ModelView], components: list[str], threshol
     if not grids:
         return None, "no association test was stored"
     fig = _role_heatmaps(grids, "restored", signed=True)
-    binds, not_binds = [], []
-    for v, *_ in grids:
+    strongest, binds, not_binds = [], [], []
+    for v, z, ylab, xlab in grids:
+        if v.acc < 0.5 * (1 + float(v.row.get("chance", 0) or 0)):
+            continue  # a model near chance: restored fractions measure noise
+        # the corrupted key's own position in block 0 restores trivially (its token differs there)
+        masked = np.where([[lab.endswith("L0") and role == "key" for role in xlab] for lab in ylab], np.nan, z)
+        if np.isfinite(masked).any():
+            i, j = np.unravel_index(np.nanargmax(masked), masked.shape)
+            strongest.append(f"{ylab[i]} at the {xlab[j]} in {v.name} ({num(float(masked[i, j]))})")
         c = float(v.row.get("assoc_conv_value", np.nan))
-        if not np.isfinite(c) or v.acc < 0.5 * (1 + float(v.row.get("chance", 0) or 0)):
-            continue
-        (binds if c >= threshold else not_binds).append(f"{v.name} ({num(c)})")
+        if np.isfinite(c):
+            (binds if c >= threshold else not_binds).append(f"{v.name} ({num(c)})")
     parts = []
+    if strongest:
+        parts.append("beyond the corrupted key's own position in block 0, the strongest site is " + join(strongest))
     if binds:
-        parts.append(f"patching the clean short-conv output at the value position alone restores the answer in "
-                     f"{join(binds)}: the conv binds the key into the value's position (induction through the conv)")
+        parts.append(f"the clean short-conv output at the value position alone restores the answer in {join(binds)} "
+                     "(the conv binds the key into the value's position: induction through the conv)")
     if not_binds:
-        parts.append(f"it does not in {join(not_binds)}")
+        parts.append(f"the short-conv output at the value position does not restore it in {join(not_binds)}")
     caption = ("Restored fraction of p(answer) when one clean activation is patched into the key-corrupted run, by "
                "component, layer and role" + ("; " + "; ".join(parts) if parts else
-                                              "; no model that recalls has a short conv") + ".")
+                                              " (no model recalls well enough to read it)") + ".")
     return _style(fig, "Association test by component (key corruption)", fig.layout.height), caption
 
 

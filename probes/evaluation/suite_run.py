@@ -32,7 +32,7 @@ from ssmlens.probes.evaluation.runner import Cell, CellOutcome
 from ssmlens.probes.evaluation.suite import Suite, load_suite
 
 SUITE_KIND = "evaluation_suite"
-REPORT_VERSION = 2
+REPORT_VERSION = 3
 
 
 @dataclass
