@@ -218,3 +218,13 @@ def test_deadline_leaves_cells_for_the_next_run(tmp_path):
     cells = open_run(tmp_path / "out" / "suite").table("cells")
     assert list(cells["status"]) == ["not run", "not run"]
     assert "0 finished" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_missing_library_stops_before_any_training(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "plotly" else real(name, *a))
+    suite = write_suite(tmp_path / "s.yaml", TINY)
+    assert main(["evaluate", str(suite), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "needs plotly" in capsys.readouterr().err and not (tmp_path / "out" / "models").exists()

@@ -49,8 +49,13 @@ def run(args) -> int:
         return 2
     start = time.perf_counter()
     engine = "processes" if args.workers > 1 else "local"
-    result = run_suite(suite, args.out, engine=engine, workers=args.workers, devices=args.gpus,
-                       progress=args.progress, threads=args.threads, report=args.report, deadline_s=args.deadline)
+    try:
+        result = run_suite(suite, args.out, engine=engine, workers=args.workers, devices=args.gpus,
+                           progress=args.progress, threads=args.threads, report=args.report,
+                           deadline_s=args.deadline)
+    except ImportError as e:
+        print(f"ssmlens evaluate: {e}", file=sys.stderr)
+        return 2
     n = len(suite.cells(args.out))
     not_run = n - len(result.outcomes)
     print(f"\n{len(result.rows)} of {n} cells finished ({len(result.skipped)} reused from an earlier run"

@@ -91,6 +91,18 @@ def _previous_suite(path: Path) -> str | None:
     return run.config.get("fingerprint") if run.config.get("kind") == SUITE_KIND else None
 
 
+def _check_dependencies(report: bool) -> None:
+    """Fail before any training when a library the cells or the report need is missing
+    (a bare GPU image), not after the models are trained."""
+    import importlib.util
+
+    needed = ["zarr", "xarray", "pandas", "yaml"] + (["plotly"] if report else [])
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"ssmlens evaluate needs {', '.join(missing)} (not installed here)"
+                          + ("; --no-report skips the report's plotly" if missing == ["plotly"] else ""))
+
+
 def run_suite(suite: Suite | str | Path, out: str | Path, *, engine: str = "local", workers: int = 1,
               devices: int | None = None, progress: bool = True, threads: int | None = 1,
               report: bool = True, deadline_s: float | None = None) -> SuiteResult:
@@ -101,6 +113,7 @@ def run_suite(suite: Suite | str | Path, out: str | Path, *, engine: str = "loca
     (the others are "not run", and the next run does them)."""
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
+    _check_dependencies(report)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     analysis = suite.analysis.to_dict()
