@@ -76,8 +76,9 @@ def run_cells(cells: Sequence[Cell], *, engine: str = "local", address: str | No
     no GPU scheduler (``Cell.gpus`` is not enforced). retries: extra tries of a cell that
     raised. devices: with "processes", spread the workers over this many GPUs (worker i
     sees GPU i mod devices), for a host with several. deadline_s: no cell starts later
-    than this many seconds after the call (cells running then finish); cells not started
-    are left out of the returned outcomes.
+    than this many seconds after the call (cells running then finish; with "processes"
+    the clock is read as cells finish, so a worker freed just then may still start one);
+    cells not started are left out of the returned outcomes.
     """
     import time
 
