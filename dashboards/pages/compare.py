@@ -20,10 +20,9 @@ the route ``/_ssmlens/report/<run id>``.
 from __future__ import annotations
 
 from collections import Counter
-
-import numpy as np
 from pathlib import PurePosixPath
 
+import numpy as np
 from dash import Input, Output, State, dash_table, dcc, html
 
 from ssmlens.dashboards import catalog, figures, results
