@@ -10,7 +10,7 @@ menu (or a run of it in the run selector) compares its models (by default the be
 model of each architecture × width, as in its mechanism table), shows the mechanism
 table and links its HTML report (served at ``/_ssmlens/report/<suite run id>`` from the
 suite's run store). Every result the evaluation writes (``interchange/<component>``,
-``association/resid``, ``ablation/acc``, ``memory/*``, ``mixing/L<l>``, ``diagnostics/*``)
+``association/<component>``, ``ablation/acc``, ``memory/*``, ``mixing/L<l>``, ``diagnostics/*``)
 can be compared across the suite's runs.
 
 Callbacks: ``cmp_controls``, ``cmp_results``, ``cmp_slices``, ``cmp_render``, ``cmp_suite``;
