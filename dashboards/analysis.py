@@ -5,7 +5,9 @@ example (no batch axis), so they are tested directly and cost nothing to import.
   by a factor e (Mamba's effective memory length per channel and state);
 - ``implicit_attention``: Mamba's hidden attention matrix α[t, s] (Ali et al., 2024):
   the weight the output at t gives the input at s through the scan,
-  α[t, s, d] = Σ_n C[t, n] · exp(Σ_{r=s+1..t} Δ[r, d]·A[d, n]) · Δ[s, d]·B[s, n], s ≤ t;
+  α[t, s, d] = Σ_n C[t, n] · exp(Σ_{r=s+1..t} Δ[r, d]·A[d, n]) · Δ[s, d]·B[s, n], s ≤ t,
+  reduced over channels (computed by ``ssmlens.probes.mixing_selective``, the token-mixing
+  view of the selective scan, from the stored arrays: no model is built);
 - ``pca_2d``: a 2-D projection of a trajectory of states;
 - ``split_bmojo`` / ``memory_occupancy``: B'MOJO's window / eidetic / fading columns
   (the layout of ``ssmlens.models.bmojo_attention``, redone in numpy so that no model is
@@ -21,10 +23,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-# Per-step log-decay below this is treated as this (a factor e^-20 per token is already
-# "forgotten"); it bounds the exponents of the blocked computation below in float64.
-MIN_LOG_DECAY = -20.0
-BLOCK = 32  # query block of implicit_attention: 20 · 31 < 709, so exp never overflows
 _ONE_THREAD = threading.Lock()
 
 
@@ -114,56 +112,23 @@ def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def implicit_attention(delta: np.ndarray, A: np.ndarray, B: np.ndarray, C: np.ndarray,
                        reduce: str = "abs_mean") -> np.ndarray:
-    """Mamba's implicit attention ``[query t, key s]`` for one example, reduced over channels.
+    """Mamba's implicit attention ``[query t, key s]`` for one example, reduced over channels
+    (``ssmlens.probes.mixing_selective.implicit_attention``, the token-mixing view of the
+    selective scan), on one thread with denormals flushed (``one_thread``).
 
-    ``delta [L, D]``, ``A [D, N]``, ``B``/``C [L, N]``. ``reduce``: "abs_mean" (mean over
-    channels of |α|, what a channel-agnostic picture needs, since signs differ across
-    channels) or "mean". Upper triangle (s > t) is 0.
-
-    Computed in query blocks of ``BLOCK`` with exponents taken relative to the block's
-    first query, in float64 (torch, for its batched matmul), so that the L × L × D ×
-    N products are never materialized at once.
+    ``delta [L, D]``, ``A [D, N]``, ``B``/``C [L, N]``. ``reduce``: "abs_mean" or "mean".
     """
-    import torch
+    from ssmlens.probes.mixing_selective import implicit_attention as compute
 
-    # float64 copies: the reader's arrays are read-only and shared
-    delta_t, A_t, B_t, C_t = (torch.from_numpy(np.array(v, dtype=np.float64)) for v in (delta, A, B, C))
     with one_thread():
-        return _implicit_blocks(delta_t, A_t, B_t, C_t, reduce).numpy()
-
-
-def _implicit_blocks(delta_t, A_t, B_t, C_t, reduce: str):
-    import torch
-
-    L, D = delta_t.shape
-    log_decay = (delta_t[:, :, None] * A_t[None]).clamp(min=MIN_LOG_DECAY)  # [L, D, N]
-    S = log_decay.cumsum(0)  # S[t] = Σ_{r≤t} log decay
-    inp = delta_t[:, :, None] * B_t[:, None, :]  # Δ_s B_s [L, D, N]
-    out = torch.zeros(L, L, dtype=torch.float64)
-    for t0 in range(0, L, BLOCK):
-        t1 = min(L, t0 + BLOCK)
-        ref = S[t0]  # [D, N]
-        q = C_t[t0:t1, None, :] * torch.exp(S[t0:t1] - ref)  # [b, D, N]
-        k = inp[:t1] * torch.exp(ref - S[:t1])  # [t1, D, N]
-        alpha = torch.einsum("tdn,sdn->tsd", q, k)  # [b, t1, D]
-        mask = torch.arange(t1)[None, :] <= torch.arange(t0, t1)[:, None]  # s ≤ t
-        alpha = alpha.abs().mean(-1) if reduce == "abs_mean" else alpha.mean(-1)
-        out[t0:t1, :t1] = torch.where(mask, alpha, torch.zeros((), dtype=torch.float64))
-    return out
+        return compute(delta, A, B, C, reduce)
 
 
 def implicit_attention_reference(delta, A, B, C, reduce: str = "abs_mean") -> np.ndarray:
-    """Loop version of ``implicit_attention`` (tests): the product of decays, term by term."""
-    delta, A, B, C = (np.asarray(v, dtype=np.float64) for v in (delta, A, B, C))
-    L, D = delta.shape
-    log_decay = np.maximum(delta[:, :, None] * A[None], MIN_LOG_DECAY)
-    out = np.zeros((L, L))
-    for t in range(L):
-        for s in range(t + 1):
-            decay = np.exp(log_decay[s + 1: t + 1].sum(axis=0))  # [D, N]
-            alpha = (C[t][None, :] * decay * delta[s][:, None] * B[s][None, :]).sum(axis=1)  # [D]
-            out[t, s] = np.abs(alpha).mean() if reduce == "abs_mean" else alpha.mean()
-    return out
+    """Loop version of ``implicit_attention`` (tests)."""
+    from ssmlens.probes.mixing_selective import implicit_attention_reference as reference
+
+    return reference(delta, A, B, C, reduce)
 
 
 class BMojoParts(NamedTuple):

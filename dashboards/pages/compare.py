@@ -5,15 +5,25 @@ component carries recall in each architecture" is answered on one screen: pick t
 patching result of a hook (e.g. ``patching/resid_pre``) and read, per model, the
 layer and the position (key, value or query) where patching restores the answer.
 
-Callbacks: ``cmp_controls``, ``cmp_results``, ``cmp_slices``, ``cmp_render``.
+An evaluation suite (``ssmlens evaluate``) is a set of runs: choosing one in the "suite"
+menu (or a run of it in the run selector) compares its models (by default the best
+model of each architecture × width, as in its mechanism table), shows the mechanism
+table and links its HTML report (served at ``/_ssmlens/report/<suite run id>`` from the
+suite's run store). Every result the evaluation writes (``interchange/<component>``,
+``association/<component>``, ``ablation/acc``, ``memory/*``, ``mixing/L<l>``, ``diagnostics/*``)
+can be compared across the suite's runs.
+
+Callbacks: ``cmp_controls``, ``cmp_results``, ``cmp_slices``, ``cmp_render``, ``cmp_suite``;
+the route ``/_ssmlens/report/<run id>``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import PurePosixPath
 
 import numpy as np
-from dash import Input, Output, State, dash_table, html
+from dash import Input, Output, State, dash_table, dcc, html
 
 from ssmlens.dashboards import catalog, figures, results
 from ssmlens.dashboards.components import control, dropdown, fig_id, figure_card, page_header, row, status
@@ -23,18 +33,74 @@ from ssmlens.dashboards.reader import RunAccessError
 NAME = "compare"
 PATH = "/compare"
 TITLE = "Compare"
-MAX_RUNS = 6
+MAX_RUNS = 8
 # default result family, most telling first: patching by role answers "where is the
-# association carried" directly (layer × queried key / value / query)
-PREFERRED = ("patching_roles", "patching", "attribution", "interchange", "probe", "ablation")
+# association carried" directly (layer × queried key / value / query), as do the
+# evaluation's association test and interchange interventions by role
+PREFERRED = ("patching_roles", "association", "interchange", "patching", "attribution", "probe", "ablation")
+SUITE_KIND, CELL_KIND = "evaluation_suite", "evaluation_cell"
 
 
-def run_choices(ctx: Context, run: str | None):
-    """(options, default selection): complete runs; by default those on the selected
+def suite_options(ctx: Context) -> list[dict]:
+    """The evaluation suites under the runs directory (complete suite stores)."""
+    rows, _ = catalog.list_rows(ctx.reader)
+    return [{"label": r.run_id, "value": r.run_id} for r in rows if r.openable and r.kind == SUITE_KIND]
+
+
+def suite_of(ctx: Context, run: str | None) -> str | None:
+    """The suite store a run belongs to: itself, or ``<dir>/suite`` for ``<dir>/cells/<key>``."""
+    if not run:
+        return None
+    try:
+        kind = ctx.reader.config(run).get("kind")
+    except RunAccessError:
+        return None
+    if kind == SUITE_KIND:
+        return run
+    parts = PurePosixPath(run).parts
+    if kind == CELL_KIND and len(parts) >= 2 and parts[-2] == "cells":
+        candidate = str(PurePosixPath(*parts[:-2], "suite")) if len(parts) > 2 else "suite"
+        return candidate if candidate in {o["value"] for o in suite_options(ctx)} else None
+    return None
+
+
+def suite_runs(ctx: Context, suite: str) -> list[str]:
+    """The finished cell stores of a suite, the best model of each architecture × width
+    first (the rows of its mechanism table), then the others."""
+    config = ctx.reader.config(suite)
+    base = PurePosixPath(suite).parent
+    cells = [str(base / "cells" / k) for k in config.get("cells") or []]
+    rows, _ = catalog.list_rows(ctx.reader)
+    openable = {r.run_id for r in rows if r.openable}
+    cells = [c for c in cells if c in openable]
+    best = []
+    try:
+        table = ctx.reader.table(suite, "cells")
+        mech = ctx.reader.table(suite, "mechanism")
+        done = table[table["status"] == "done"]
+        for _, m in mech.iterrows():
+            part = done[(done["label"] == m["architecture"]) & (done["width"] == m["width"])]
+            if len(part):
+                best.append(str(base / "cells" / part.sort_values("acc", ascending=False)["key"].iloc[0]))
+    except (RunAccessError, KeyError):
+        pass
+    return [c for c in best if c in cells] + [c for c in cells if c not in best]
+
+
+def run_choices(ctx: Context, run: str | None, suite: str | None = None):
+    """(options, default selection): complete runs; by default the models of the chosen
+    suite (or of the suite the selected run belongs to), else the runs on the selected
     run's task (from the listing's configs, so no run has to be opened to decide)."""
     rows, _ = catalog.list_rows(ctx.reader)
-    openable = [r for r in rows if r.openable]
+    openable = [r for r in rows if r.openable and r.kind != SUITE_KIND]
     options = [{"label": r.label(), "value": r.run_id} for r in openable]
+    suite = suite or suite_of(ctx, run)
+    if suite:
+        chosen = suite_runs(ctx, suite)
+        if run in chosen:
+            chosen = [run] + [c for c in chosen if c != run]
+        if chosen:
+            return options, chosen[:MAX_RUNS]
     if not run:
         return options, [r.run_id for r in openable][:MAX_RUNS]
     task = next((r.task for r in openable if r.run_id == run), None)
@@ -59,7 +125,8 @@ def result_choices(ctx: Context, runs: list[str] | None, current: str | None = N
 
     def rank(name):
         family = name.split("/")[0]
-        return (-counts[name], PREFERRED.index(family) if family in PREFERRED else len(PREFERRED), name)
+        resid = 0 if name.endswith(("/resid", "/resid_pre")) else 1  # the residual stream first in a family
+        return (-counts[name], PREFERRED.index(family) if family in PREFERRED else len(PREFERRED), resid, name)
 
     names = sorted(counts, key=rank)
     options = [{"label": f"{n} (in {counts[n]} of {len(runs)} runs)", "value": n} for n in names]
@@ -186,18 +253,61 @@ def _metrics_table(ctx: Context, runs: list[str]):
         style_header={"fontWeight": "bold", "backgroundColor": "#f0f0f0"})])
 
 
+def report_html(ctx: Context, suite: str) -> str:
+    """The HTML report stored in a suite's run store (table ``report``)."""
+    table = ctx.reader.table(suite, "report")
+    html_rows = table[table["format"] == "html"]
+    if html_rows.empty:
+        raise RunAccessError(f"run {suite!r} holds no HTML report")
+    return str(html_rows["content"].iloc[0])
+
+
+def suite_panel(ctx: Context, suite: str | None):
+    """The chosen suite's report link, mechanism table and failed cells."""
+    if not suite:
+        return None
+    from ssmlens.probes.evaluation.summary import mechanism_rows
+
+    mech = ctx.reader.table(suite, "mechanism")
+    header, rows = mechanism_rows(mech)
+    cells = ctx.reader.table(suite, "cells")
+    failed = cells[cells["status"] == "failed"]
+    children = [
+        html.H3("Mechanism table", style={"fontSize": "15px"}),
+        html.A("open the report (HTML, works offline)", href=f"/_ssmlens/report/{suite}", target="_blank",
+               id="cmp-report-link"),
+        dash_table.DataTable(
+            data=[dict(zip(header, r)) for r in rows], columns=[{"name": h, "id": h} for h in header],
+            style_cell={"fontFamily": "inherit", "fontSize": 12, "textAlign": "left", "padding": "3px 6px",
+                        "whiteSpace": "normal", "height": "auto"},
+            style_header={"fontWeight": "bold", "backgroundColor": "#f0f0f0"}),
+    ]
+    if len(failed):
+        children.append(status_message(f"{len(failed)} cell(s) failed: " + "; ".join(
+            f"{k}: {str(e).splitlines()[0] if e else ''}" for k, e in zip(failed["key"], failed["error"]))))
+    return html.Div(children, className="ssm-suite")
+
+
 def layout(ctx: Context, run: str | None) -> html.Div:
     options, chosen, r_opts, result, s_opts, s_val = [], [], [], None, [], None
+    suites, suite, panel = [], None, None
     try:
-        options, chosen = run_choices(ctx, run)
+        suites = suite_options(ctx)
+        suite = suite_of(ctx, run)
+        options, chosen = run_choices(ctx, run, suite)
         r_opts, result, s_opts, s_val = result_choices(ctx, chosen)
+        panel = suite_panel(ctx, suite)
     except RunAccessError:
         pass
     return html.Div([
         page_header("Compare", "The same result for several runs, side by side on one colour scale. With a "
                     "patching result: per model, the layer and position where restoring the clean activation "
                     "restores the answer, i.e. where the key-value association is carried."),
-        row(control("runs", dropdown("cmp-runs", options, chosen, multi=True), width="640px")),
+        row(control("evaluation suite", dcc.Dropdown(id="cmp-suite", options=suites, value=suite,
+                                                          placeholder="(none)", clearable=True),
+                    width="300px"),
+            control("runs", dropdown("cmp-runs", options, chosen, multi=True), width="640px")),
+        html.Div(id="cmp-suite-panel", children=panel),
         row(control("result", dropdown("cmp-result", r_opts, result), width="420px"),
             control("slice", dropdown("cmp-slice", s_opts, s_val, placeholder="(no other dims)"), width="320px")),
         status("cmp-status"),
@@ -210,7 +320,21 @@ def layout(ctx: Context, run: str | None) -> html.Div:
 
 def register(app, ctx: Context) -> None:
     ctx.callback(app, "cmp_controls", [Output("cmp-runs", "options"), Output("cmp-runs", "value")],
-                 [Input("run-select", "value")], prevent_initial_call=True)(lambda run: run_choices(ctx, run))
+                 [Input("run-select", "value"), Input("cmp-suite", "value")],
+                 prevent_initial_call=True)(lambda run, suite: run_choices(ctx, run, suite))
+    ctx.callback(app, "cmp_suite", [Output("cmp-suite-panel", "children")], [Input("cmp-suite", "value")],
+                 prevent_initial_call=True, single=True)(lambda suite: suite_panel(ctx, suite))
+
+    server = getattr(app, "server", None)  # the Flask server (absent in callback-only test apps)
+    if server is not None:
+        @server.route("/_ssmlens/report/<path:suite>")
+        def evaluation_report(suite: str):  # the suite's HTML report, from its run store
+            from flask import Response
+
+            try:
+                return Response(report_html(ctx, suite), mimetype="text/html")
+            except RunAccessError as e:
+                return Response(str(e), status=404, mimetype="text/plain")
     ctx.callback(app, "cmp_results", [Output("cmp-result", "options"), Output("cmp-result", "value")],
                  [Input("cmp-runs", "value")], [State("cmp-result", "value")],
                  prevent_initial_call=True)(lambda runs, cur: result_choices(ctx, runs, cur)[:2])

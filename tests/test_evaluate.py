@@ -1,0 +1,230 @@
+"""``ssmlens evaluate``: a tiny suite end to end (train, every analysis, stores, report),
+resume (finished cells skipped, a killed run resumed), failed cells recorded, suite
+errors named."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import plotly.offline
+import pytest
+import yaml
+
+from ssmlens.interp.cli import main
+from ssmlens.interp.store import open_run
+from ssmlens.probes.evaluation import SuiteError, load_suite, run_suite, suite_from_dict
+from ssmlens.probes.report import external_references
+
+TINY = {
+    "name": "tiny",
+    "task": "ar",
+    "task_config": {"n_keys": 8, "n_values": 8, "n_pairs": 3},
+    "widths": [16],
+    "train": {"n_layers": 2, "steps": 20, "batch_size": 16, "eval_every": 20, "eval_size": 32, "warmup_steps": 5,
+              "lr": 3e-3},
+    "models": [
+        {"family": "transformer", "model_config": {"n_heads": 2}},
+        {"family": "mamba", "model_config": {"d_state": 4}},
+        {"family": "bmojo", "model_config": {"n_heads": 2, "d_state": 4, "window": 3, "memory_size": 2,
+                                             "threshold": 1.0}},
+    ],
+    "analysis": {"n_examples": 8, "eval_size": 32, "memory_sizes": [0, 1]},
+}
+
+
+def write_suite(path: Path, suite: dict) -> Path:
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    suite = write_suite(root / "tiny.yaml", TINY)
+    return suite, root / "out", run_suite(suite, root / "out", progress=False)
+
+
+def test_tiny_suite_end_to_end(tiny):
+    _, out, result = tiny
+    assert not result.failed and len(result.rows) == 3 and result.report_rebuilt
+    cells = {k: open_run(out / "cells" / k) for k in result.rows}
+    mamba = cells["mamba-w16-lr0.003-s0"]
+    names = set(mamba.results())
+    assert {"accuracy", "interchange/resid", "interchange/state", "interchange/conv", "association/resid",
+            "ablation/acc", "mixing/L0", "mixing/L1", "diagnostics/horizon"} <= names
+    iia = mamba.result("interchange/resid")
+    assert iia.dims == ("metric", "layer", "role") and "iia" in iia["metric"].values.tolist()
+    assert set(iia["role"].values.tolist()) == {"queried_key", "queried_value", "query", "last"}
+    for run in cells.values():  # every stored mixing matrix reproduced its mixer's output
+        for layer in (0, 1):
+            assert run.result(f"mixing/L{layer}").attrs["reproduce_rel_err"] < 1e-5
+        assert run.config["kind"] == "evaluation_cell" and run.checkpoint["sha256"]
+        assert run.cache.keys()  # browsable on every dashboard page
+    bmojo = cells["bmojo-w16-lr0.003-s0"]
+    assert {"memory/recall_vs_size", "memory/writes", "memory/attention", "memory/write_patching",
+            "memory/write_change"} <= set(bmojo.results())
+    assert 0 <= bmojo.metrics["acc_memory_0"] <= 1
+    assert "diagnostics/horizon" not in cells["transformer-w16-lr0.003-s0"].results()
+
+    suite = open_run(out / "suite")
+    assert suite.config["kind"] == "evaluation_suite"
+    assert {"cells", "mechanism", "report"} <= set(suite.tables())
+    mech = suite.table("mechanism")
+    assert list(mech["architecture"]) == ["transformer", "mamba", "bmojo"]
+    stored = dict(zip(*[suite.table("report")[c] for c in ("format", "content")]))
+    html = (out / "report.html").read_text()
+    assert stored["html"] == html and stored["markdown"] == (out / "report.md").read_text()
+
+
+def test_report_is_self_contained_and_captioned(tiny):
+    _, out, result = tiny
+    html = (out / "report.html").read_text()
+    assert external_references(html) == []
+    assert html.count(plotly.offline.get_plotlyjs()[:500]) == 1  # plotly.js inline, once
+    assert "<script src" not in html.lower() and "cdn.plot.ly/plotly" not in html
+    assert html.count("Plotly.newPlot") >= 6
+    md = (out / "report.md").read_text()
+    table = md.split("## Mechanism table", 1)[1].split("\n## ", 1)[0]
+    rows = [l for l in table.splitlines() if l.startswith("| ") and "architecture" not in l]
+    assert [r.split("|")[1].strip() for r in rows] == ["transformer", "mamba", "bmojo"]
+    # captions come from the numbers: each names the models and quotes values
+    acc = {k: r["acc"] for k, r in result.rows.items()}
+    first = md.split("## Accuracy vs width", 1)[1].split("\n## ", 1)[0]
+    assert f"{100 * acc['mamba-w16-lr0.003-s0']:.0f}%" in first and "transformer" in first
+    conv = md.split("## Short-convolution ablation", 1)[1].split("\n## ", 1)[0]
+    assert "mamba w16" in conv and "transformer" not in conv  # a Transformer has no short conv
+    assert re.search(r"bmojo w16 \d+% with its 2-token memory", md)
+
+
+def test_rerun_skips_everything(tiny):
+    suite, out, first = tiny
+    created = {k: open_run(out / "cells" / k).created_at for k in first.rows}
+    finals = {p: p.stat().st_mtime_ns for p in (out / "models").glob("*/final/model.safetensors")}
+    again = run_suite(suite, out, progress=False)
+    assert sorted(again.skipped) == sorted(first.rows) and not again.report_rebuilt
+    assert {k: open_run(out / "cells" / k).created_at for k in again.rows} == created
+    assert {p: p.stat().st_mtime_ns for p in finals} == finals
+    assert again.rows["mamba-w16-lr0.003-s0"]["acc"] == first.rows["mamba-w16-lr0.003-s0"]["acc"]
+
+
+def test_killed_run_resumes(tmp_path, monkeypatch):
+    from ssmlens.probes.evaluation import analyses
+
+    suite = write_suite(tmp_path / "s.yaml", {**TINY, "models": TINY["models"][:2]})
+    real = analyses.conv_ablation
+
+    def killed(model, *args, **kwargs):  # the process dies while analysing the second model (Mamba)
+        if any(n.endswith("mixer.hook_conv") for n in model.hook_dict):
+            raise KeyboardInterrupt
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(analyses, "conv_ablation", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(suite, tmp_path / "out", progress=False)
+    first = open_run(tmp_path / "out" / "cells" / "transformer-w16-lr0.003-s0")  # no conv: finished
+    assert first.is_complete
+    assert not (tmp_path / "out" / "cells" / "mamba-w16-lr0.003-s0" / "zarr.json").exists()
+    assert list((tmp_path / "out" / "models").glob("mamba-*/final"))  # its model was trained
+
+    monkeypatch.setattr(analyses, "conv_ablation", real)
+    result = run_suite(suite, tmp_path / "out", progress=False)
+    assert result.skipped == ["transformer-w16-lr0.003-s0"] and not result.failed
+    assert open_run(tmp_path / "out" / "cells" / "transformer-w16-lr0.003-s0").created_at == first.created_at
+    assert result.rows["mamba-w16-lr0.003-s0"]["reused_model"] is True
+
+
+def test_failed_cell_is_recorded_and_the_rest_goes_on(tmp_path, capsys):
+    broken = {"family": "transformer", "name": "broken", "model_config": {"n_heads": 3}}  # 3 does not divide 16
+    suite = write_suite(tmp_path / "s.yaml", {**TINY, "models": [broken, TINY["models"][0]]})
+    code = main(["evaluate", str(suite), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == 1
+    err = capsys.readouterr()
+    assert "FAILED broken-w16-lr0.003-s0: ValueError: n_heads=3 must divide d_model=16" in err.err
+    assert "Mechanism table" in err.out and "| transformer | 16 |" in err.out
+    cells = open_run(tmp_path / "out" / "suite").table("cells").set_index("key")
+    assert cells.loc["broken-w16-lr0.003-s0", "status"] == "failed"
+    assert "n_heads=3 must divide" in cells.loc["broken-w16-lr0.003-s0", "error"]
+    assert cells.loc["transformer-w16-lr0.003-s0", "status"] == "done"
+    log = [json.loads(l) for l in (tmp_path / "out" / "cells.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in log] == ["failed", "done"]
+    assert "n_heads=3 must divide" in (tmp_path / "out" / "report.html").read_text()
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"models": [{"family": "mamb"}]}, r"suite.models\[0\].family: unknown model 'mamb' \(did you mean mamba"),
+    ({"models": [{"family": "mamba", "stepz": 3}]}, r"suite.models\[0\]: unknown field 'stepz' \(did you mean steps"),
+    ({"models": [{"family": "mamba", "lr": "fast"}]}, r"suite.models\[0\].lr: expected a learning rate"),
+    ({"models": [{"family": "mamba", "d_model": 8}]}, r"set by the suite"),
+    ({"models": ["mamba", "mamba"]}, r"cell 'mamba-w16-lr0.003-s0' is also made by suite.models\[0\]"),
+    ({"analysis": {"components": ["resid", "kv"]}}, r"suite.analysis.components: unknown \['kv'\]"),
+    ({"task_config": {"n_pairs": 0}}, r"suite.task_config: n_pairs must be at least 1"),
+    ({"train": {"batch_size": 0}}, r"batch_size must be an integer >= 1"),
+])
+def test_suite_errors_name_the_field(tmp_path, change, message):
+    with pytest.raises(SuiteError, match=message):
+        suite_from_dict({**TINY, **change}).cells(tmp_path)
+
+
+def test_shipped_suites_load(tmp_path):
+    root = Path(__file__).resolve().parents[1] / "examples" / "suites"
+    quick, arora = load_suite(root / "quick.yaml"), load_suite(root / "arora-ar.yaml")
+    assert {c.family for c in quick.cells(tmp_path)} >= {"transformer", "mamba", "bmojo", "moe_mamba"}
+    assert len({c.width for c in quick.cells(tmp_path)}) == 2
+    cells = arora.cells(tmp_path)
+    assert arora.task_config == {"n_keys": 4096, "n_values": 4096, "n_pairs": 16}
+    assert {c.width for c in cells} == {16, 32, 64, 128, 256} and len({c.lr for c in cells}) >= 2
+    assert all(c.train["device"] == "cuda" and c.train["max_time_s"] for c in cells)
+    # the config hash names the model directory: an edited training config trains a new model
+    a = suite_from_dict(TINY).cells(tmp_path)[0]
+    b = suite_from_dict({**TINY, "train": {**TINY["train"], "steps": 21}}).cells(tmp_path)[0]
+    c = suite_from_dict({**TINY, "train": {**TINY["train"], "log_every": 3}}).cells(tmp_path)[0]
+    assert a.key == b.key and a.train_hash != b.train_hash and a.train_hash == c.train_hash
+
+
+def test_answer_accuracy_equals_the_full_logits_reference():
+    import torch
+
+    from ssmlens.interp.tasks import make_task
+    from ssmlens.models import Mamba
+    from ssmlens.probes.ablation import parse_ablation
+    from ssmlens.probes.ablation_study import evaluate_cell
+    from ssmlens.probes.evaluation.accuracy import answer_accuracy
+
+    torch.manual_seed(0)
+    model = Mamba(vocab_size=19, d_model=16, n_layers=2, d_state=4).eval()
+    batch = make_task("ar", n_keys=8, n_values=8, n_pairs=3).sample(40, seed=3)
+    for spec in ("none", "no_conv", "zero:blocks.1.hook_resid_pre@queried_value"):
+        fast = answer_accuracy(model, batch, 16, spec)
+        ref = {r["metric"]: r["value"] for r in evaluate_cell(model, batch, parse_ablation(spec), ["acc", "loss"], 16)}
+        assert fast["acc"] == ref["acc"] and fast["loss"] == pytest.approx(ref["loss"], rel=1e-6), spec
+
+
+def test_process_engine_gives_the_same_numbers(tiny, tmp_path):
+    _, _, local = tiny
+    suite = suite_from_dict({**TINY, "models": TINY["models"][:2]})
+    result = run_suite(suite, tmp_path / "out", engine="processes", workers=2, progress=False, report=False)
+    assert not result.failed and len(result.rows) == 2
+    for key, row in result.rows.items():
+        for metric in ("acc", "loss", "assoc_queried_value", "iia_value_L1", "acc_no_conv"):
+            assert row.get(metric) == local.rows[key].get(metric), (key, metric)
+
+
+def test_deadline_leaves_cells_for_the_next_run(tmp_path):
+    suite = suite_from_dict({**TINY, "models": TINY["models"][:2]})
+    result = run_suite(suite, tmp_path / "out", deadline_s=0, progress=False)
+    assert result.rows == {} and result.outcomes == {} and not result.failed
+    cells = open_run(tmp_path / "out" / "suite").table("cells")
+    assert list(cells["status"]) == ["not run", "not run"]
+    assert "0 finished" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_missing_library_stops_before_any_training(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "plotly" else real(name, *a))
+    suite = write_suite(tmp_path / "s.yaml", TINY)
+    assert main(["evaluate", str(suite), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "needs plotly" in capsys.readouterr().err and not (tmp_path / "out" / "models").exists()
