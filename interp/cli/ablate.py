@@ -10,7 +10,6 @@ where the run store is.
 from __future__ import annotations
 
 import argparse
-import sys
 
 NAME = "ablate"
 HELP = "run an ablation study YAML (models x tasks x ablations) into a run store"
@@ -27,13 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import warnings
 
-    from ssmlens.probes.ablation_study import AblationSkipped, StudyError, load_study, run_study
+    from ssmlens.interp.cli._checks import require_input, writable_dir
+    from ssmlens.probes.ablation_study import AblationSkipped, load_study, run_study
 
-    try:
-        study = load_study(args.study)
-    except StudyError as e:
-        print(f"ssmlens ablate: {e}", file=sys.stderr)
-        return 2
+    require_input(args.study, "study file")
+    study = load_study(args.study)  # StudyError (a ValueError) names the file and the field
+    writable_dir(args.out, "--out")  # a run there is resumed, not refused
     if args.device:
         study.device = args.device
     with warnings.catch_warnings():

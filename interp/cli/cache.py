@@ -8,12 +8,13 @@ default to the ones the model was trained with (``--task-arg`` updates them).
 ``--hooks`` takes short names expanded over layers (``resid_pre``, ``ssm_state``,
 ``attn.hook_out``) or full names; default: every hook point. The run holds the
 batch, one array per hook (``cache/<hook name>``) and the config; prints where.
+Rows are streamed per ``--batch-size`` examples and each batch is on the store once
+it is appended, so an interrupted cache keeps what it computed (an incomplete run).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 NAME = "cache"
 HELP = "cache a checkpoint's activations on a task into a run store"
@@ -50,34 +51,33 @@ def run(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from ssmlens.interp.hook_names import UnknownHookError
-    from ssmlens.interp.store import StoreError, create_run
+    from ssmlens.interp.cli._checks import require_input, writable_run
+    from ssmlens.interp.store import create_run
     from ssmlens.interp.tasks import make_task
-    from ssmlens.models.checkpoint import CheckpointError
     from ssmlens.probes.positions import expand_hooks
     from ssmlens.probes.study import load_for_study
 
-    try:
-        model, ckpt, task, settings = load_for_study(args.checkpoint, args.task, task_args(args))
-        names = None if args.hooks is None else [s.name for s in expand_hooks(model, args.hooks)]
-        batch = make_task(task, **settings).sample(args.n, args.seed)
-        config = {"kind": "cache", "checkpoint": str(ckpt), "model_type": model.model_type,
-                  "model_config": model.config_dict(), "task": task, "task_config": settings,
-                  "n_examples": args.n, "seed": args.seed, "hooks": names or "all"}
-        with create_run(args.out, config, overwrite=args.overwrite) as w:
-            w.set_checkpoint(str(ckpt))
-            w.write_batch(batch)
-            n_hooks = 0
-            for start in tqdm(range(0, args.n, args.batch_size), desc="caching", disable=not args.progress):
-                with torch.no_grad():
-                    _, cache = model.run_with_cache(batch.tokens[start : start + args.batch_size],
-                                                    names_filter=names)
-                w.append_cache({k: v for k, v in cache.items()})
-                n_hooks = len(cache)
-            url = w.url
-    except (CheckpointError, StoreError, UnknownHookError, ValueError, TypeError) as e:
-        print(f"ssmlens cache: error: {e}", file=sys.stderr)
-        return 2
+    require_input(args.checkpoint, "checkpoint")
+    model, ckpt, task, settings = load_for_study(args.checkpoint, args.task, task_args(args))
+    names = None if args.hooks is None else [s.name for s in expand_hooks(model, args.hooks)]
+    batch = make_task(task, **settings).sample(args.n, args.seed)
+    writable_run(args.out, args.overwrite)
+    config = {"kind": "cache", "checkpoint": str(ckpt), "model_type": model.model_type,
+              "model_config": model.config_dict(), "task": task, "task_config": settings,
+              "n_examples": args.n, "seed": args.seed, "hooks": names or "all"}
+    with create_run(args.out, config, overwrite=args.overwrite) as w:
+        w.set_checkpoint(str(ckpt))
+        w.write_batch(batch)
+        n_hooks = 0
+        # Each append is on the store when it returns: a killed run keeps every batch
+        # cached so far (readable with open_run(out, require_complete=False)).
+        for start in tqdm(range(0, args.n, args.batch_size), desc="caching", disable=not args.progress):
+            with torch.no_grad():
+                _, cache = model.run_with_cache(batch.tokens[start : start + args.batch_size],
+                                                names_filter=names)
+            w.append_cache({k: v for k, v in cache.items()})
+            n_hooks = len(cache)
+        url = w.url
     print(f"cached {n_hooks} hooks x {args.n} examples of {model.model_type} on {task}")
     print(f"wrote run store: {url}")
     return 0

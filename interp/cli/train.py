@@ -6,7 +6,9 @@
 
 The run goes to ``<out-dir>/<name>/`` (default ``runs/<model>-<task>/``): checkpoints,
 ``metrics.jsonl``, ``final/`` and ``best/``. Running the same command again resumes
-from the last checkpoint (or returns at once when the run is finished).
+from the last checkpoint (or returns at once when the run is finished). SIGTERM or
+Ctrl+C saves a checkpoint after the current step and exits with 128 + the signal's
+number (143, 130): the next run resumes from there.
 """
 
 from __future__ import annotations
@@ -122,23 +124,37 @@ def check_names(config) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ssmlens.interp.cli import UsageError
+    from ssmlens.interp.cli._checks import require_input, writable_dir
+
+    if getattr(args, "config", None):
+        require_input(args.config, "config file")
     try:
         config = resolve_config(args)
-        if args.print_config:
-            import yaml
+    except TypeError as e:  # a value of the wrong kind for a field
+        raise UsageError(str(e)) from None
+    if args.print_config:
+        import yaml
 
-            print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
-            return 0
-        check_names(config)
-        from ssmlens.interp.training import Trainer
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    check_names(config)
+    writable_dir(config.run_dir, "run directory (--out-dir, --name)")
+    from ssmlens.interp.training import Trainer
 
+    try:
         trainer = Trainer(config)
-    except (ValueError, FileExistsError, TypeError) as e:
-        print(f"ssmlens train: error: {e}", file=sys.stderr)
-        return 2
+    except FileExistsError as e:  # checkpoints there and --no-resume
+        raise UsageError(str(e)) from None
     if trainer.resumed_from is not None:
         print(f"resuming {config.run_dir} from {trainer.resumed_from.name} (step {trainer.step})", file=sys.stderr)
     result = trainer.fit()
+    if result.signal is not None:
+        import signal
+
+        print(f"run {result.run_dir}: stopped by {result.signal} at step {result.step}/{config.steps}; "
+              f"checkpoint {result.checkpoint}; run the same command again to resume", file=sys.stderr)
+        return 128 + int(signal.Signals[result.signal])
     ev = result.eval
     print(f"run {result.run_dir}: step {result.step}/{config.steps} ({result.stop_reason}), "
           f"eval acc {ev['acc']:.4f}, loss {ev['loss']:.4f}, best acc {result.best_eval.get('acc', float('nan')):.4f}, "

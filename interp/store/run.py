@@ -25,7 +25,7 @@ from ssmlens.interp.store.errors import (
     UnwritableRunError,
 )
 from ssmlens.interp.store.location import (
-    UrlLike, check_marker, normalize, open_group, read_attrs, store_for_writing,
+    UrlLike, check_marker, dir_problem, normalize, os_reason, open_group, read_attrs, store_for_writing,
 )
 from ssmlens.interp.store.lock import (
     LOCK_NAME, WriterLock, is_lock_entry, lock_files, locked_error, read_holder,
@@ -92,14 +92,7 @@ def create_run(
 
 
 def _unwritable(url: str, e: OSError) -> UnwritableRunError:
-    reason = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
-    if "://" not in url:  # name the file in the way, if that is the problem
-        probe = url
-        while probe != os.path.dirname(probe) and not os.path.lexists(probe):
-            probe = os.path.dirname(probe)
-        if os.path.lexists(probe) and not os.path.isdir(probe):
-            reason = f"{probe} is a file, not a directory"
-    return UnwritableRunError(f"cannot create a run at {url}: {reason}", original=e)
+    return UnwritableRunError(f"cannot create a run at {url}: {os_reason(url, e)}", original=e)
 
 
 def _existing_run(url: str, storage_options: dict | None, files) -> dict[str, Any] | None:
@@ -151,28 +144,10 @@ def check_creatable(url: UrlLike, *, overwrite: bool = False, storage_options: d
 
 
 def _check_local_path(path: str) -> None:
-    """UnwritableRunError unless a directory can be made (or written) at ``path``: the
-    folders it would need are made and removed again."""
-    made = []
-    try:
-        probe = path
-        while not os.path.lexists(probe):
-            made.append(probe)
-            probe = os.path.dirname(probe)
-        for folder in reversed(made):
-            os.mkdir(folder)
-        test = os.path.join(path, f".ssmlens-write-test-{os.getpid()}")
-        with open(test, "xb"):
-            pass
-        os.unlink(test)
-    except OSError as e:
-        raise _unwritable(path, e) from None
-    finally:
-        for folder in made:
-            try:
-                os.rmdir(folder)
-            except OSError:
-                pass
+    """UnwritableRunError unless a run's directory can be made (or written) at ``path``."""
+    problem = dir_problem(path)
+    if problem is not None:
+        raise UnwritableRunError(f"cannot create a run at {path}: {problem}")
 
 
 def open_run(url: UrlLike, *, require_complete: bool = True, storage_options: dict | None = None) -> Run:
