@@ -97,15 +97,21 @@ def test_overwrite_while_appending_is_refused(races):
 
 def test_stale_lock_races_one_takes_over(races):
     """A writer killed with SIGKILL left its runs locked; every worker then calls
-    create_run(overwrite=True) on each at once: exactly one takes it over (with a
-    StaleLockWarning naming the dead writer) and the run is its data only."""
+    create_run(overwrite=True) on each at once: exactly one gets the run, and the run is
+    its data only. The one that took the stale lock over says so (StaleLockWarning
+    naming the dead writer); a worker can also find the lock free in the instant
+    between the taker's removal of the stale lock and its new one, and win without."""
     root, records, dead_pid = races
+    took_over = 0
     for r, here in rounds_of(records, "stale"):
         winners = [rec for rec in here if rec["outcome"] == "won"]
         assert len(winners) == 1, f"round {r}: {len(winners)} writers got the run"
-        assert f"pid {dead_pid}" in winners[0]["message"] and "is gone" in winners[0]["message"]
+        message = winners[0]["message"]
+        assert message == "" or (f"pid {dead_pid}" in message and "is gone" in message), message
+        took_over += bool(message)
         assert all(rec["outcome"] == "locked" for rec in here if rec is not winners[0]), here
         check_one_writer(root / f"stale-{r:03d}", winners[0])
+    assert took_over >= 1
 
 
 # ---- one process: the same rules, step by step -------------------------------------------
@@ -189,7 +195,7 @@ def test_stale_lock_without_overwrite_is_refused_with_overwrite_taken_over(tmp_p
     with pytest.raises(RunExistsError, match=rf"writer \(pid {proc.pid} on .*\) is gone.*overwrite=True") as err:
         create_run(tmp_path / "r", {"writer": "new"})
     assert not isinstance(err.value, RunLockedError)
-    with pytest.warns(StaleLockWarning, match="is gone; taking over"):
+    with pytest.warns(StaleLockWarning, match="is gone; took over its lock"):
         w = create_run(tmp_path / "r", {"writer": "new"}, overwrite=True)
     w.finish()
     run = open_run(tmp_path / "r")

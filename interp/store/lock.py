@@ -386,11 +386,13 @@ class WriterLock:
             current = Holder.from_bytes(files.read(LOCK_NAME))
             if current is not None and current.token != stale.token:
                 return False  # someone else's lock now
-            warnings.warn(StaleLockWarning(
-                f"run {url}: its writer ({stale.describe()}) is gone; taking over its lock to replace the run"
-            ), stacklevel=4)
             files.remove(LOCK_NAME)
-            return files.create(LOCK_NAME, data)
+            if not files.create(LOCK_NAME, data):  # a plain create_run was quicker: its lock now
+                return False
+            warnings.warn(StaleLockWarning(
+                f"run {url}: its writer ({stale.describe()}) is gone; took over its lock to replace the run"
+            ), stacklevel=4)
+            return True
         finally:
             files.remove(TAKEOVER_NAME)
 

@@ -9,7 +9,6 @@ the run's lock (``ssmlens.interp.store.lock``) from before its first write until
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import zarr
@@ -21,8 +20,7 @@ from zarr.storage import FsspecStore, StorePath
 from ssmlens.interp.store import layout as L
 from ssmlens.interp.store.encoding import CHUNK_BYTES, to_json
 from ssmlens.interp.store.errors import (
-    CorruptRunError, IncompleteRunError, NotARunError, RunExistsError, RunNotFoundError, StoreError,
-    UnwritableRunError,
+    CorruptRunError, IncompleteRunError, NotARunError, RunExistsError, StoreError, UnwritableRunError,
 )
 from ssmlens.interp.store.location import (
     UrlLike, check_marker, dir_problem, normalize, os_reason, open_group, read_attrs, store_for_writing,
