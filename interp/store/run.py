@@ -25,9 +25,8 @@ from ssmlens.interp.store.errors import (
 from ssmlens.interp.store.location import (
     UrlLike, check_marker, dir_problem, normalize, os_reason, open_group, read_attrs, store_for_writing,
 )
-from ssmlens.interp.store.lock import (
-    LOCK_NAME, WriterLock, is_lock_entry, lock_files, locked_error, read_holder,
-)
+from ssmlens.interp.store.lock import LOCK_NAME, WriterLock, is_lock_entry, locked_error, read_holder
+from ssmlens.interp.store.lockfiles import lock_files
 from ssmlens.interp.store.reader import Run
 from ssmlens.interp.store.writer import RunWriter, now
 
