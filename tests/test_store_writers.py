@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ssmlens.interp.store import (
-    IncompleteRunError, RunExistsError, RunLockedError, StaleLockWarning, UnwritableRunError,
+    IncompleteRunError, RunClosedError, RunExistsError, RunLockedError, StaleLockWarning, UnwritableRunError,
     check_creatable, create_run, open_run,
 )
 from ssmlens.interp.store.lock import LOCK_NAME, Holder
@@ -153,7 +153,7 @@ def test_writer_that_lost_its_lock_stops_and_never_completes_the_run(tmp_path):
     (tmp_path / "r" / LOCK_NAME).unlink()  # "remove the lock file" of the message
     with pytest.raises(RunLockedError, match="was removed"):
         first.append("x", torch.ones(2, 3))
-    with pytest.raises(Exception):
+    with pytest.raises(RunClosedError, match="lost"):
         first.finish()
     second = create_run(tmp_path / "r", {"writer": 2}, overwrite=True)
     first.abort("late")  # writes nothing into the second writer's run
