@@ -16,9 +16,11 @@ process (all its threads, user + system): on a shared machine whose cores are bu
 the wall clock mostly measures the neighbours, the CPU cost does not.
 
 Further rows vary the store alone: the old 4 MiB chunk size, streaming through
-``append`` (4 examples a call), and compression codecs. One warm-up round of each
+``append`` (4 examples a call, 1 example a call, and 1 example of narrow arrays
+``[256, 16]`` a call: rows of 16 KB, where several appends share a chunk that each
+append rewrites until it is full), and compression codecs. One warm-up round of each
 variant is not counted (first-touch page faults of the process). Run:
-``python benchmarks/store.py``.
+``python benchmarks/store.py`` (``--only append`` for the streaming rows alone).
 """
 
 from __future__ import annotations
@@ -72,11 +74,12 @@ def write_raw(cache: dict[str, torch.Tensor], out: Path, durable: bool) -> None:
                 os.fsync(f.fileno())
 
 
-def write_store(cache: dict[str, torch.Tensor], out: Path, durable: bool, stream: bool = False, **kw) -> None:
+def write_store(cache: dict[str, torch.Tensor], out: Path, durable: bool, stream: int = 0, **kw) -> None:
+    """``stream``: examples per ``append_cache`` call (0: one ``write_cache``)."""
     with create_run(out, {"benchmark": "store"}, **kw) as w:
         if stream:
-            for lo in range(0, 32, 4):
-                w.append_cache({name: t[lo : lo + 4] for name, t in cache.items()})
+            for lo in range(0, 32, stream):
+                w.append_cache({name: t[lo : lo + stream] for name, t in cache.items()})
         else:
             w.write_cache(cache)
     if durable:
@@ -122,6 +125,7 @@ def main() -> None:
     ap.add_argument("--hooks", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dir", type=Path, default=None, help="where to write (default: system temp)")
+    ap.add_argument("--only", default=None, help="run the variants whose label contains this text")
     args = ap.parse_args()
 
     cache = make_cache(args.mb, args.hooks)
@@ -134,7 +138,9 @@ def main() -> None:
         (f"write_cache, defaults (raw floats, {default_mib:g} MiB chunks)", "durable", {}, args.repeats),
         ("write_cache, 4 MiB chunks (the old default)", "buffered", {"chunk_bytes": 4 * 2**20}, args.repeats),
         ("write_cache, 4 MiB chunks (the old default)", "durable", {"chunk_bytes": 4 * 2**20}, few),
-        ("append, 4 examples per call", "buffered", {"stream": True}, args.repeats),
+        ("append, 4 examples per call", "buffered", {"stream": 4}, args.repeats),
+        ("append, 1 example per call", "buffered", {"stream": 1}, args.repeats),
+        ("append, 1 example per call, [256, 16] arrays", "buffered", {"stream": 1, "narrow": 16}, args.repeats),
         ("write_cache, zstd level 1", "buffered", {"compression": "zstd"}, few),
         ("write_cache, blosc lz4 + shuffle", "buffered", {"compression": "lz4"}, few),
     ]
@@ -146,7 +152,14 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     try:
         for label, clock, kw, repeats in variants:
-            m = compare(cache, tmp, repeats, clock == "durable", **kw)
+            if args.only and args.only not in label:
+                continue
+            data = cache
+            if "narrow" in kw:  # the same arrays cut to their first features: small rows
+                width = kw.pop("narrow")
+                data = {name: t[..., :width].contiguous() for name, t in cache.items()}
+            nbytes = sum(t.numel() * t.element_size() for t in data.values())
+            m = compare(data, tmp, repeats, clock == "durable", **kw)
             cells = [
                 f"{nbytes / m['raw_wall'] / 1e6:,.0f}", f"{nbytes / m['store_wall'] / 1e6:,.0f}",
                 f"{m['raw_wall'] / m['store_wall']:.0%}",

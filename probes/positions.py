@@ -27,6 +27,7 @@ A unit is int64 ``[batch, k]`` positions, ``-1`` padded (the convention of
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ssmlens.interp.hook_names import check_hook_names, hook_layer, hook_suffix
+from ssmlens.interp.hook_names import UnknownHookError, hook_layer, hook_suffix
 from ssmlens.interp.tasks.base import TaskBatch
 
 PositionSpec = Any  # int | str | tuple[int, ...] | Sequence of those | dict[label, Tensor]
@@ -88,8 +89,9 @@ def expand_hooks(model, hooks: str | Sequence[str], layers: Sequence[int] | None
             if len(kinds) > 1:
                 raise ValueError(f"hook {spec!r} is ambiguous: it matches {', '.join(kinds)}; give one of them")
             full = [n for n in names if kinds and hook_suffix(n) == kinds[0]] or [spec]
-        # Unknown names: suggest from full names and from layer-free kinds alike.
-        check_hook_names(full, names + sorted({hook_suffix(n) for n in names}))
+        unknown = [n for n in full if n not in name_set]
+        if unknown:
+            raise unknown_hook(unknown[0], names)
         sites.extend(_site(n) for n in full)
     if layers is not None:
         keep = {int(l) for l in layers}
@@ -99,6 +101,23 @@ def expand_hooks(model, hooks: str | Sequence[str], layers: Sequence[int] | None
     if not unique:
         raise ValueError(f"no hook of {list(hooks)} is in layers {list(layers or [])}")
     return unique
+
+
+def unknown_hook(spec: str, names: Sequence[str]) -> UnknownHookError:
+    """The error for a hook spec that names no hook of a model with hooks ``names``:
+    close matches among the short names (``ssm_state``), the layer-free kinds
+    (``mixer.hook_ssm_state``) and the full names, so ``ssm_stat`` suggests ``ssm_state``."""
+    kinds = sorted({hook_suffix(n) for n in names})
+    by_short: dict[str, list[str]] = {}
+    for kind in kinds:
+        by_short.setdefault(kind.rsplit(".", 1)[-1].removeprefix("hook_"), []).append(kind)
+    shorts = sorted(short for short, ks in by_short.items() if len(ks) == 1)  # unambiguous ones
+    close = difflib.get_close_matches(spec, shorts + kinds + list(names), n=5, cutoff=0.6)
+    if not close:  # a misspelt layer index still finds its kind
+        close = [n for n in names if n.endswith(hook_suffix(spec))][:5]
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return UnknownHookError(f"unknown hook name {spec!r}.{hint} (model has {len(names)} hook points; "
+                            "see model.hook_dict for all of them)")
 
 
 def _matches(suffix: str, spec: str) -> bool:

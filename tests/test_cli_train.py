@@ -103,3 +103,50 @@ def test_config_file_with_flag_override(capsys, tmp_path):
 def test_eval_missing_checkpoint(capsys, tmp_path):
     assert main(["eval", str(tmp_path / "nothing")]) != 0
     assert "not found" in capsys.readouterr().err
+
+
+def test_sigterm_saves_a_checkpoint_and_the_next_run_resumes(tmp_path):
+    """Issue 12.13: ``ssmlens train`` sent SIGTERM mid-training (between evals and
+    checkpoints) saves a checkpoint at the step it reached and exits cleanly; the
+    same command resumes there. metrics.jsonl has the training loss at every log
+    interval, not only at evals."""
+    import signal
+    import subprocess
+    import time
+
+    from subprocess_helpers import child_env, python
+
+    args = ["--model", "transformer", "--out-dir", str(tmp_path), "--name", "t", "--log-every", "2",
+            "--eval-every", "100000", *TINY[:12], "--batch-size", "8", "--eval-size", "16", "--device", "cpu",
+            "--no-progress"]
+    proc = subprocess.Popen([*python(), "-m", "ssmlens", "train", *args, "--steps", "100000"], cwd=tmp_path,
+                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "t" / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:  # 6 steps trained
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    line = next(line for line in err.splitlines() if "stopped by SIGTERM" in line)
+    step = int(line.split(" at step ")[1].split("/")[0])
+    assert step >= 6
+    checkpoint = tmp_path / "t" / "checkpoints" / f"step_{step:06d}"
+    assert (checkpoint / "model.safetensors").is_file() and str(checkpoint) in line
+    records = [json.loads(r) for r in metrics.read_text().splitlines()]
+    assert [r["step"] for r in records[:3]] == [2, 4, 6] and records[-1]["step"] == step
+    assert all("train_loss" in r and "eval_acc" not in r for r in records)
+
+    resumed = subprocess.run([*python(), "-m", "ssmlens", "train", *args, "--steps", str(step + 3)], cwd=tmp_path,
+                             env=child_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"from step_{step:06d} (step {step})" in resumed.stderr
+    assert json.loads((tmp_path / "t" / "summary.json").read_text())["step"] == step + 3

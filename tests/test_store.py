@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,8 +20,8 @@ from ssmlens.interp.store import (
     RunExistsError, RunNotFoundError, create_run, list_runs, open_run,
 )
 from ssmlens.interp.tasks.base import TaskBatch
+from subprocess_helpers import child_env, python
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def make_batch() -> TaskBatch:
@@ -148,7 +147,7 @@ def test_rows_larger_than_a_chunk_are_split_along_pos(tmp_path, compression):
         assert cache[name].chunks == (1, 4, 8) and torch.equal(cache[name].load(), x)
 
 
-def test_append_writes_whole_chunks_and_flushes_remainder(tmp_path, monkeypatch):
+def test_append_rows_are_on_the_store_when_append_returns(tmp_path, monkeypatch):
     from zarr.storage import LocalStore
 
     sets, gets = [], []
@@ -165,14 +164,20 @@ def test_append_writes_whole_chunks_and_flushes_remainder(tmp_path, monkeypatch)
     monkeypatch.setattr(LocalStore, "set", spy_set)
     monkeypatch.setattr(LocalStore, "get", spy_get)
     full = torch.randn(23, 3, 4)
+    prefix = "cache/blocks.0.hook_resid_post/c."
     with create_run(tmp_path / "r", {}, chunk_bytes=5 * 3 * 4 * 4) as w:  # at most 5 rows a chunk
         for lo, hi in [(0, 2), (2, 3), (3, 11), (11, 12), (12, 23)]:
             w.append("blocks.0.hook_resid_post", full[lo:hi])
-    # Chunks of 4 rows (in step with the first block of 2). Each chunk was put exactly
-    # once, whole (the last one padded), never read back.
-    prefix = "cache/blocks.0.hook_resid_post/c."
-    assert sorted(k for k in sets if k.startswith(prefix)) == [f"{prefix}{i}.0.0" for i in range(6)]
-    assert not [k for k in gets if k.startswith(prefix)]
+            assert not [k for k in gets if k.startswith(prefix)]  # the writer reads no chunk back
+            # every row appended so far is readable at once (as an incomplete run)
+            stored = open_run(tmp_path / "r", require_complete=False).cache["blocks.0.hook_resid_post"]
+            assert torch.equal(stored.load(), full[:hi])
+            gets.clear()
+    # Chunks of 4 rows (in step with the first block of 2). A chunk is put again only
+    # while it is partial (the rows of the latest appends), then never; nothing is
+    # read back.
+    assert [k.removeprefix(prefix) for k in sets if k.startswith(prefix)] == [
+        "0.0.0", "0.0.0", "0.0.0", "1.0.0", "2.0.0", "2.0.0", "3.0.0", "4.0.0", "5.0.0"]
     lazy = open_run(tmp_path / "r").cache["blocks.0.hook_resid_post"]
     assert lazy.shape == (23, 3, 4) and lazy.chunks[0] == 4
     assert torch.equal(lazy.load(), full)
@@ -270,8 +275,7 @@ while True:
 
 def test_sigkill_mid_write_is_never_read_as_complete(tmp_path):
     path = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)], cwd=REPO, env=env,
+    proc = subprocess.Popen([*python(), "-c", KILLED_WRITER, str(path)], cwd=tmp_path, env=child_env(),
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
@@ -284,10 +288,39 @@ def test_sigkill_mid_write_is_never_read_as_complete(tmp_path):
     run = open_run(path, require_complete=False)
     conv = run.cache["blocks.0.mixer.hook_conv"]
     rows = conv.shape[0]
-    assert rows >= 8 and rows % 4 == 0  # only whole committed chunks are visible
+    assert rows >= 9  # every row whose append returned (the 9th printed "ready"), and only committed ones
     values = conv.load()
     assert torch.equal(values, torch.arange(rows, dtype=torch.float32).view(-1, 1, 1).expand(rows, 32, 64))
     assert [r.status for r in list_runs(tmp_path)] == ["incomplete"]
+
+
+SIX_APPENDS_THEN_KILLED = """
+import sys, time, torch
+from ssmlens.interp.store import create_run
+w = create_run(sys.argv[1], {"kind": "streamed"})
+for i in range(6):  # six small appends: far less than one chunk
+    w.append("blocks.0.hook_resid_post", torch.full((1, 3, 8), float(i)))
+print("appended", flush=True)
+time.sleep(120)  # killed here, before finish()
+"""
+
+
+def test_streamed_appends_survive_sigkill(tmp_path):
+    """Issue 12.2: rows that ``append`` returned for are readable after the writer is
+    killed (SIGKILL: no cleanup runs); they used to wait in a buffer for a whole chunk."""
+    path = tmp_path / "streamed"
+    proc = subprocess.Popen([*python(), "-c", SIX_APPENDS_THEN_KILLED, str(path)], cwd=tmp_path,
+                            env=child_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "appended"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with pytest.raises(IncompleteRunError):
+        open_run(path)
+    lazy = open_run(path, require_complete=False).cache["blocks.0.hook_resid_post"]
+    assert lazy.shape == (6, 3, 8)
+    assert torch.equal(lazy.load(), torch.arange(6.0).view(6, 1, 1).expand(6, 3, 8))
 
 
 KILLED_MID_CHUNK = """
@@ -308,8 +341,7 @@ w.append("hook_embed", torch.ones(8, 1, 16))
 
 def test_kill_between_chunks_and_commit_shows_only_committed_rows(tmp_path):
     path = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", KILLED_MID_CHUNK, str(path)], cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run([*python(), "-c", KILLED_MID_CHUNK, str(path)], cwd=tmp_path, env=child_env())
     assert proc.returncode == -signal.SIGKILL
     assert (path / "cache/hook_embed/c.1.0.0").exists()  # the chunk past the end was written,
     stored = zarr.open_array(str(path / "cache/hook_embed"), mode="r")
@@ -520,8 +552,8 @@ w.write_cache({"blocks.0.hook_resid_pre": torch.zeros(8, 64), "blocks.1.hook_res
 
 def test_sigkill_inside_write_cache_never_shows_a_partial_array(tmp_path):
     path = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", KILLED_IN_WRITE_CACHE, str(path)], cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run([*python(), "-c", KILLED_IN_WRITE_CACHE, str(path)], cwd=tmp_path,
+                          env=child_env())
     assert proc.returncode == -signal.SIGKILL
     with pytest.raises(IncompleteRunError):
         open_run(path)

@@ -13,7 +13,6 @@ values are NaN, and the command exits with status 1 (a re-run evaluates it again
 from __future__ import annotations
 
 import argparse
-import sys
 
 NAME = "ablate"
 HELP = "run an ablation study YAML (models x tasks x ablations) into a run store"
@@ -33,26 +32,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import warnings
 
-    from ssmlens.interp.engines import EngineError
+    from ssmlens.interp.cli._checks import require_input, writable_dir
     from ssmlens.interp.engines.cli import engine_options, start_engine
-    from ssmlens.probes.ablation_study import AblationSkipped, StudyError, load_study, run_study
+    from ssmlens.probes.ablation_study import AblationSkipped, load_study, run_study
 
-    try:
-        study = load_study(args.study)
-        engine = engine_options(args)
-    except (StudyError, ValueError) as e:
-        print(f"ssmlens ablate: {e}", file=sys.stderr)
-        return 2
+    require_input(args.study, "study file")
+    study = load_study(args.study)  # StudyError (a ValueError) names the file and the field
+    engine = engine_options(args)  # EngineError: the engine flags cannot work together
+    writable_dir(args.out, "--out")  # a run there is resumed, not refused
     if args.device:
         study.device = args.device
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AblationSkipped)  # listed below instead
-        try:
-            start_engine(engine)
-            table = run_study(study, args.out, progress=args.progress, overwrite=args.overwrite, engine=engine)
-        except EngineError as e:
-            print(f"ssmlens ablate: {e}", file=sys.stderr)
-            return 2
+        start_engine(engine)
+        table = run_study(study, args.out, progress=args.progress, overwrite=args.overwrite, engine=engine)
     skipped = table.attrs.get("skipped") or []
     if skipped:
         print(f"skipped {len(skipped)} cell(s) whose ablation does not apply to the model:")

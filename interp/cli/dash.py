@@ -28,7 +28,10 @@ def serve(runs_dir="runs", host: str = "127.0.0.1", port: int = 8050) -> int:
 
 
 def run(args) -> int:
+    from ssmlens.interp.cli import UsageError
+    from ssmlens.interp.cli._checks import require_dir
+
     if not 0 < args.port < 65536:
-        print(f"--port must be between 1 and 65535, got {args.port}")
-        return 2
+        raise UsageError(f"--port must be between 1 and 65535, got {args.port}")
+    require_dir(args.runs, "--runs")
     return serve(args.runs, args.host, args.port)

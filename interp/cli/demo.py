@@ -25,9 +25,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--examples", type=int, default=64, help="AR examples in each patching study")
     parser.add_argument("--port", type=int, default=8050, help="dashboard port (default: 8050)")
     parser.add_argument("--no-serve", action="store_true", help="stop after writing the run stores")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
-def _study(checkpoint, out, examples: int) -> str:
+def _study(checkpoint, out, examples: int, progress: bool = True) -> str:
     """Run the patching study unless a complete store of this checkpoint (same path and
     same weights: a demo with new settings retrains at the same path) is there."""
     from ssmlens.interp.store import StoreError, open_run
@@ -41,7 +42,7 @@ def _study(checkpoint, out, examples: int) -> str:
             return str(out)
     except StoreError:
         pass
-    return run_patching_study(checkpoint, str(out), n_examples=examples, overwrite=True)
+    return run_patching_study(checkpoint, str(out), n_examples=examples, overwrite=True, progress=progress)
 
 
 def _strongest(store: str) -> list[str]:
@@ -62,15 +63,22 @@ def _strongest(store: str) -> list[str]:
 def run(args) -> int:
     from pathlib import Path
 
+    from ssmlens.interp.cli import UsageError
+    from ssmlens.interp.cli._checks import writable_dir
     from ssmlens.interp.demo_train import train_demo_models
 
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be between 1 and 65535, got {args.port}")
+    if args.examples < 1:
+        raise UsageError(f"--examples must be at least 1, got {args.examples}")
     runs = Path(args.runs)
+    writable_dir(runs, "--runs")
     print(f"== 1. training the demo models on the CPU (checkpoints under {runs}/)")
-    trained = train_demo_models(out_dir=runs)
+    trained = train_demo_models(out_dir=runs, progress=args.progress)
     print("\n== 2. AR patching study (clean value -> corrupted run), one run store per model")
     stores = {}
     for name, (checkpoint, acc) in trained.items():
-        stores[name] = _study(checkpoint, runs / "demo" / name, args.examples)
+        stores[name] = _study(checkpoint, runs / "demo" / name, args.examples, args.progress)
     print("\n== 3. results")
     for name, (checkpoint, acc) in trained.items():
         print(f"{name}: answer accuracy {acc:.1%}  (checkpoint {checkpoint})")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 NAME = "eval"
 HELP = "evaluate a checkpoint's answer accuracy on a task"
@@ -65,17 +64,13 @@ def evaluate_checkpoint(path, task: str | None = None, task_args: dict | None = 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssmlens.models.checkpoint import CheckpointError
+    from ssmlens.interp.cli._checks import require_input
+    from ssmlens.interp.cli.train import parse_assignments
 
-    try:
-        from ssmlens.interp.cli.train import parse_assignments
-
-        result = evaluate_checkpoint(
-            args.checkpoint, task=args.task, task_args=parse_assignments(args.task_arg, "--task-arg"),
-            n=args.n, seed=args.seed, batch_size=args.batch_size, device=args.device)
-    except (CheckpointError, ValueError, TypeError) as e:
-        print(f"ssmlens eval: error: {e}", file=sys.stderr)
-        return 2
+    require_input(args.checkpoint, "checkpoint")
+    result = evaluate_checkpoint(
+        args.checkpoint, task=args.task, task_args=parse_assignments(args.task_arg, "--task-arg"),
+        n=args.n, seed=args.seed, batch_size=args.batch_size, device=args.device)
     if args.json:
         print(json.dumps(result))
     else:

@@ -68,76 +68,77 @@ def parse_positions(text: str):
 
 
 def run(args) -> int:
+    from ssmlens.interp.cli._checks import require_input, writable_run
     from ssmlens.interp.cli.cache import task_args
-    from ssmlens.interp.engines import EngineError
     from ssmlens.interp.engines.cli import engine_options, start_engine
-    from ssmlens.interp.hook_names import UnknownHookError
-    from ssmlens.interp.store import StoreError, create_run
+    from ssmlens.interp.store import create_run
     from ssmlens.interp.tasks import corrupt, make_task
-    from ssmlens.models.checkpoint import CheckpointError
     from ssmlens.probes.attribution import attribution_patching
     from ssmlens.probes.patching import patching_sweep
+    from ssmlens.probes.positions import expand_hooks, resolve_positions
     from ssmlens.probes.study import _one_kind, default_hooks, kind_key, load_for_study, tidy
 
-    try:
-        model, ckpt, task, settings = load_for_study(args.checkpoint, args.task, task_args(args))
-        hooks = args.hooks.split(",") if args.hooks else default_hooks(model)
-        positions = parse_positions(args.positions)
-        clean = make_task(task, **settings).sample(args.n, args.seed)
-        corr = corrupt(clean, args.corrupt, args.seed + 1)
-        engine, shard_urls = engine_options(args), None
-        if args.shards is not None or engine["engine"] != "local":
-            from ssmlens.probes.patching_shards import sharded_patching_sweep
+    require_input(args.checkpoint, "checkpoint")
+    model, ckpt, task, settings = load_for_study(args.checkpoint, args.task, task_args(args))
+    hooks = args.hooks.split(",") if args.hooks else default_hooks(model)
+    expand_hooks(model, hooks)  # unknown names fail here, with suggestions, before any work
+    positions = parse_positions(args.positions)
+    clean = make_task(task, **settings).sample(args.n, args.seed)
+    resolve_positions(positions, clean)  # unknown roles too
+    corr = corrupt(clean, args.corrupt, args.seed + 1)
+    engine = engine_options(args)
+    sharded = args.shards is not None or engine["engine"] != "local"
+    config = {"kind": "patching", "checkpoint": str(ckpt), "model_type": model.model_type,
+              "model_config": model.config_dict(), "task": task, "task_config": settings,
+              "n_examples": args.n, "seed": args.seed, "corruption": args.corrupt, "hooks": hooks,
+              "positions": args.positions, "direction": args.direction}
+    if sharded:
+        from ssmlens.interp.engines import interrupted_run
 
-            if args.attribution:
-                raise ValueError("--attribution is not sharded: run it without --shards / --engine ray")
-            if engine["gpus_per_task"]:
-                raise ValueError("ssmlens patch runs on the CPU: --gpus-per-task does not apply")
-            start_engine(engine)
-            sweep, shard_urls, failed = sharded_patching_sweep(
-                ckpt, task, settings, args.n, args.seed, args.corrupt, hooks, positions, out=args.out,
-                shards=args.shards or 1, direction=args.direction, memory_mb=args.memory_mb, engine=engine,
-                progress=args.progress)
-            if failed:
-                for key, error in failed:
-                    print(f"ssmlens patch: shard {key} failed: {error}", file=sys.stderr)
-                print(f"ssmlens patch: {len(failed)} shard(s) failed; re-run the same command to run them "
-                      "again (finished shards are kept)", file=sys.stderr)
-                return 1
-        else:
-            sweep = patching_sweep(model, clean, corr, hooks, positions, direction=args.direction,
-                                   memory_mb=args.memory_mb, progress=args.progress)
-        attr = attribution_patching(model, clean, corr, hooks, positions, direction=args.direction) \
-            if args.attribution else None
-        config = {"kind": "patching", "checkpoint": str(ckpt), "model_type": model.model_type,
-                  "model_config": model.config_dict(), "task": task, "task_config": settings,
-                  "n_examples": args.n, "seed": args.seed, "corruption": args.corrupt, "hooks": hooks,
-                  "positions": args.positions, "direction": args.direction}
-        if shard_urls is not None:
-            from ssmlens.interp.engines import interrupted_run
+        if args.attribution:
+            raise ValueError("--attribution is not sharded: run it without --shards / --engine ray")
+        if engine["gpus_per_task"]:
+            raise ValueError("ssmlens patch runs on the CPU: --gpus-per-task does not apply")
+        config["shards"] = args.shards or 1
+        # the coordinator was stopped while writing its run: the same command replaces it
+        args.overwrite = args.overwrite or interrupted_run(args.out, config)
+    writable_run(args.out, args.overwrite)
+    shard_urls = None
+    if sharded:
+        from ssmlens.probes.patching_shards import sharded_patching_sweep
 
-            config["shards"] = len(shard_urls)
-            # the coordinator was stopped while writing its run: the same command replaces it
-            args.overwrite = args.overwrite or interrupted_run(args.out, config)
-        with create_run(args.out, config, overwrite=args.overwrite) as w:
-            w.set_checkpoint(str(ckpt))
-            w.write_batch(clean)
-            w.write_result("corrupted/tokens", corr.tokens, ("batch", "pos"))
-            for kind in sweep["hook"].values.tolist():
-                w.write_result(f"patching/{kind_key(kind)}", _one_kind(sweep, kind))
-                if attr is not None:
-                    w.write_result(f"attribution/{kind_key(kind)}", _one_kind(attr, kind))
-            table = tidy(sweep)
-            w.write_table("patching", table)
+        start_engine(engine)
+        sweep, shard_urls, failed = sharded_patching_sweep(
+            ckpt, task, settings, args.n, args.seed, args.corrupt, hooks, positions, out=args.out,
+            shards=args.shards or 1, direction=args.direction, memory_mb=args.memory_mb, engine=engine,
+            progress=args.progress)
+        if failed:
+            for key, error in failed:
+                print(f"ssmlens patch: shard {key} failed: {error}", file=sys.stderr)
+            print(f"ssmlens patch: {len(failed)} shard(s) failed; re-run the same command to run them "
+                  "again (finished shards are kept)", file=sys.stderr)
+            return 1
+    else:
+        sweep = patching_sweep(model, clean, corr, hooks, positions, direction=args.direction,
+                               memory_mb=args.memory_mb, progress=args.progress)
+    attr = attribution_patching(model, clean, corr, hooks, positions, direction=args.direction) \
+        if args.attribution else None
+    with create_run(args.out, config, overwrite=args.overwrite) as w:
+        w.set_checkpoint(str(ckpt))
+        w.write_batch(clean)
+        w.write_result("corrupted/tokens", corr.tokens, ("batch", "pos"))
+        for kind in sweep["hook"].values.tolist():
+            w.write_result(f"patching/{kind_key(kind)}", _one_kind(sweep, kind))
             if attr is not None:
-                w.write_table("attribution", tidy(attr))
-            w.set_metrics({k: v for k, v in sweep.attrs.items() if k.startswith(("clean_", "corrupted_"))})
-            if shard_urls is not None:  # linked, not copied: each shard's run keeps its own data
-                w.set_metrics(shards=shard_urls)
-            url = w.url
-    except (CheckpointError, StoreError, UnknownHookError, ValueError, TypeError, KeyError, EngineError) as e:
-        print(f"ssmlens patch: error: {e}", file=sys.stderr)
-        return 2
+                w.write_result(f"attribution/{kind_key(kind)}", _one_kind(attr, kind))
+        table = tidy(sweep)
+        w.write_table("patching", table)
+        if attr is not None:
+            w.write_table("attribution", tidy(attr))
+        w.set_metrics({k: v for k, v in sweep.attrs.items() if k.startswith(("clean_", "corrupted_"))})
+        if shard_urls is not None:  # linked, not copied: each shard's run keeps its own data
+            w.set_metrics(shards=shard_urls)
+        url = w.url
     a = sweep.attrs
     print(f"{model.model_type} on {task} ({args.n} examples, {args.corrupt} corruption, {args.direction}): "
           f"p(answer) clean {a['clean_p_answer']:.3f}, corrupted {a['corrupted_p_answer']:.3f}")

@@ -11,7 +11,8 @@ layer, position, metric) and the tidy table ``probe``; prints where.
 from __future__ import annotations
 
 import argparse
-import sys
+
+from ssmlens.interp.cli import UsageError
 
 NAME = "probe"
 HELP = "fit linear probes on a checkpoint's activations (accuracy per layer x position) into a run store"
@@ -34,29 +35,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="examples per forward pass")
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run at --out")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
-def _task_args(items: list[str]) -> dict:
-    import yaml
+def check_hooks(model, hooks: str) -> None:
+    """UnknownHookError, with close matches, for a spec that names no hook of ``model``
+    (as ``probe_sweep`` reads specs: full names or kinds)."""
+    from ssmlens.probes.linear import resolve_hooks
+    from ssmlens.probes.positions import unknown_hook
 
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"ssmlens probe: --task-arg expects FIELD=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
+    names = list(model.hook_dict)
+    for spec in filter(None, (h.strip() for h in hooks.split(","))):
+        try:
+            resolve_hooks(names, spec)
+        except ValueError:
+            raise unknown_hook(spec, names) from None
 
 
 def run(args) -> int:
     import torch
 
+    from ssmlens.interp.cli._checks import require_input, writable_run
+    from ssmlens.interp.cli.train import parse_assignments
     from ssmlens.interp.store import create_run
     from ssmlens.interp.tasks import make_task
     from ssmlens.probes.ablation_spec import _load_checkpoint
-    from ssmlens.probes.linear import probe_sweep, sweep_table
+    from ssmlens.probes.linear import probe_sweep, sweep_table, target_labels
 
+    require_input(args.checkpoint, "checkpoint")
+    if args.positions != "all" and not args.positions.strip():
+        raise UsageError("--positions names no position")
     model = _load_checkpoint(args.checkpoint).to(args.device).eval()
+    check_hooks(model, args.hooks)
     task_name, task_cfg = args.task, {}
     try:
         from ssmlens.interp.training.checkpointing import find_train_config, resolve_checkpoint
@@ -68,16 +78,17 @@ def run(args) -> int:
         task_name = task_name or trained.get("task")
         task_cfg = dict(trained.get("task_config") or {})
     if task_name is None:
-        print("ssmlens probe: give --task (the checkpoint has no training config naming one)", file=sys.stderr)
-        return 2
-    task_cfg.update(_task_args(args.task_arg))
+        raise UsageError(f"give --task: the checkpoint {args.checkpoint} has no training config naming one")
+    task_cfg.update(parse_assignments(args.task_arg, "--task-arg"))
     batch = make_task(task_name, **task_cfg).sample(args.n, args.seed)
     positions = args.positions if args.positions == "all" else [
-        int(p) if p.strip().lstrip("-").isdigit() else p.strip() for p in args.positions.split(",")]
+        int(p) if p.strip().lstrip("-").isdigit() else p.strip() for p in args.positions.split(",") if p.strip()]
+    target_labels(batch, args.target)  # an unknown role fails here (with close matches), before any work
+    writable_run(args.out, args.overwrite)
     with torch.no_grad():  # scoped: the CLI also runs in-process (tests, notebooks)
         da = probe_sweep(model, batch, args.hooks, args.target, positions, method=args.method,
                          control=args.control, test_frac=args.test_frac, seed=args.seed,
-                         batch_size=args.batch_size, progress=True)
+                         batch_size=args.batch_size, progress=args.progress)
     config = {"kind": "probe", "checkpoint": str(args.checkpoint), "task": task_name, "task_config": task_cfg,
               "n": args.n, "seed": args.seed, "hooks": args.hooks, "target": args.target,
               "positions": args.positions, "method": args.method, "control": args.control,

@@ -7,7 +7,9 @@
 
 The run goes to ``<out-dir>/<name>/`` (default ``runs/<model>-<task>/``): checkpoints,
 ``metrics.jsonl``, ``final/`` and ``best/``. Running the same command again resumes
-from the last checkpoint (or returns at once when the run is finished).
+from the last checkpoint (or returns at once when the run is finished). SIGTERM or
+Ctrl+C saves a checkpoint after the current step and exits with 128 + the signal's
+number (143, 130): the next run resumes from there.
 
 ``--grid FIELD=V1,V2,...`` (repeatable; or ``grid:`` in the config file) trains every
 combination, one run each, as engine cells (``--engine ray`` side by side, see
@@ -151,25 +153,21 @@ def resolve_grid(args: argparse.Namespace) -> dict:
 
 def run_grid_command(args: argparse.Namespace, config, grid: dict) -> int:
     """``--grid``: every grid point an engine cell; prints the grid's table."""
-    from ssmlens.interp.engines import EngineError
     from ssmlens.interp.engines.cli import engine_options, start_engine
     from ssmlens.interp.training.grid import expand_grid, run_grid
 
-    try:
-        engine = engine_options(args)
-        expand_grid(config, grid)  # bad values fail here, before any cell runs
-        start_engine(engine)
-        gpus = engine["gpus_per_task"]
-        if gpus is None:  # a GPU per training unless told to share (--gpus-per-task 0.25)
-            gpus = 0.0
-            if engine["engine"] == "ray" and config.device != "cpu":
-                from ssmlens.interp.engines.ray_engine import cluster_gpus
+    # errors (ValueError, EngineError) are reported by the CLI's one error path
+    engine = engine_options(args)
+    expand_grid(config, grid)  # bad values fail here, before any cell runs
+    start_engine(engine)
+    gpus = engine["gpus_per_task"]
+    if gpus is None:  # a GPU per training unless told to share (--gpus-per-task 0.25)
+        gpus = 0.0
+        if engine["engine"] == "ray" and config.device != "cpu":
+            from ssmlens.interp.engines.ray_engine import cluster_gpus
 
-                gpus = 1.0 if cluster_gpus(engine["address"]) >= 1 else 0.0
-        rows, path = run_grid(config, grid, engine={**engine, "gpus_per_task": gpus}, progress=config.progress)
-    except (ValueError, EngineError) as e:
-        print(f"ssmlens train: error: {e}", file=sys.stderr)
-        return 2
+            gpus = 1.0 if cluster_gpus(engine["address"]) >= 1 else 0.0
+    rows, path = run_grid(config, grid, engine={**engine, "gpus_per_task": gpus}, progress=config.progress)
     failed = [r for r in rows if r["status"] != "done"]
     for r in rows:
         values = " ".join(f"{k}={r[k]}" for k in grid)
@@ -182,30 +180,44 @@ def run_grid_command(args: argparse.Namespace, config, grid: dict) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ssmlens.interp.cli import UsageError
+    from ssmlens.interp.cli._checks import require_input, writable_dir
+
+    if getattr(args, "config", None):
+        require_input(args.config, "config file")
     try:
         config = resolve_config(args)
         grid = resolve_grid(args)
-        if grid and not args.print_config:
-            check_names(config)
-            for field in ("model", "task"):
-                for value in grid.get(field, []):
-                    check_names(config.replace(**{field: value}))
-            return run_grid_command(args, config, grid)
-        if args.print_config:
-            import yaml
-
-            print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
-            return 0
+    except TypeError as e:  # a value of the wrong kind for a field
+        raise UsageError(str(e)) from None
+    if grid and not args.print_config:
         check_names(config)
-        from ssmlens.interp.training import Trainer
+        for field in ("model", "task"):
+            for value in grid.get(field, []):
+                check_names(config.replace(**{field: value}))
+        return run_grid_command(args, config, grid)
+    if args.print_config:
+        import yaml
 
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    check_names(config)
+    writable_dir(config.run_dir, "run directory (--out-dir, --name)")
+    from ssmlens.interp.training import Trainer
+
+    try:
         trainer = Trainer(config)
-    except (ValueError, FileExistsError, TypeError) as e:
-        print(f"ssmlens train: error: {e}", file=sys.stderr)
-        return 2
+    except FileExistsError as e:  # checkpoints there and --no-resume
+        raise UsageError(str(e)) from None
     if trainer.resumed_from is not None:
         print(f"resuming {config.run_dir} from {trainer.resumed_from.name} (step {trainer.step})", file=sys.stderr)
     result = trainer.fit()
+    if result.signal is not None:
+        import signal
+
+        print(f"run {result.run_dir}: stopped by {result.signal} at step {result.step}/{config.steps}; "
+              f"checkpoint {result.checkpoint}; run the same command again to resume", file=sys.stderr)
+        return 128 + int(signal.Signals[result.signal])
     ev = result.eval
     print(f"run {result.run_dir}: step {result.step}/{config.steps} ({result.stop_reason}), "
           f"eval acc {ev['acc']:.4f}, loss {ev['loss']:.4f}, best acc {result.best_eval.get('acc', float('nan')):.4f}, "

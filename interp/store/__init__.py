@@ -4,11 +4,11 @@ Writing::
 
     from ssmlens.interp.store import create_run, open_run, list_runs
 
-    with create_run("runs/mamba-ar", config) as w:      # refuses to clobber a run
-        w.write_batch(batch)                            # TaskBatch
+    with create_run("runs/mamba-ar", config) as w:      # refuses to clobber a run, and
+        w.write_batch(batch)                            # a second writer (RunLockedError)
         w.write_cache(cache)                            # {hook name: tensor} / ActivationCache
         for part in batches:                            # or stream along the batch axis
-            w.append("blocks.0.mixer.hook_delta", delta)
+            w.append("blocks.0.mixer.hook_delta", delta)  # on the store when it returns
         w.write_result("patching/resid_pre", scores, ("layer", "pos"),
                        coords={"layer": [0, 1], "pos": list(range(64))})
         w.write_table("probe_scores", df)
@@ -35,13 +35,16 @@ from ssmlens.interp.store.errors import (
     NotARunError,
     RunClosedError,
     RunExistsError,
+    RunLockedError,
     RunNotFoundError,
+    StaleLockWarning,
     StoreError,
+    UnwritableRunError,
 )
 from ssmlens.interp.store.lazy import CacheView, LazyArray
 from ssmlens.interp.store.listing import RunInfo, list_runs
 from ssmlens.interp.store.reader import Run
-from ssmlens.interp.store.run import create_run, open_run
+from ssmlens.interp.store.run import check_creatable, create_run, open_run
 from ssmlens.interp.store.writer import RunWriter
 
 __all__ = [
@@ -54,10 +57,14 @@ __all__ = [
     "Run",
     "RunClosedError",
     "RunExistsError",
+    "RunLockedError",
     "RunInfo",
     "RunNotFoundError",
     "RunWriter",
+    "StaleLockWarning",
     "StoreError",
+    "UnwritableRunError",
+    "check_creatable",
     "create_run",
     "list_runs",
     "open_run",

@@ -16,10 +16,12 @@ Choices here were measured with ``benchmarks/store.py`` (200 MB of float32):
 - Appended (streamed) arrays have chunks of at most 4 MiB, in step with the first
   block appended: a multiple of its rows, or a divisor when it is larger. Equal
   blocks then never straddle chunks, and blocks at least a chunk long are written
-  from the caller's memory without a copy. An appended array holds up to two chunks
-  in memory (rows waiting for a whole chunk) and pads its last one. Streaming
-  200 MB in blocks of 4 examples wrote at ~2x the speed of 6-row chunks straddling
-  the blocks (benchmarks/store.py).
+  from the caller's memory without a copy. Streaming 200 MB in blocks of 4 examples
+  wrote at ~2x the speed of 6-row chunks straddling the blocks (benchmarks/store.py).
+  Every ``append`` writes all its rows before it returns, the last chunk partial
+  (``appender``), and that chunk is written again by the next ``append`` until it is
+  full: a chunk holds several blocks only while it stays under 256 KiB
+  (``STREAM_REWRITE_BYTES``), so a rewrite costs about what opening a file does.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 CHUNK_BYTES = 16 * 2**20
 STREAM_CHUNK_BYTES = 4 * 2**20
+STREAM_REWRITE_BYTES = 2**18  # the most a partial chunk that ``append`` rewrites holds
 
 # torch dtypes without a numpy twin, stored as their raw bits.
 _BITS_DTYPES: dict[torch.dtype, tuple[torch.dtype, np.dtype]] = {
@@ -120,17 +123,22 @@ def choose_chunks(shape: tuple[int, ...], itemsize: int, target: int = CHUNK_BYT
     return tuple(chunks)
 
 
-def stream_chunks(trailing: tuple[int, ...], itemsize: int, first: int, target: int) -> tuple[int, ...]:
+def stream_chunks(trailing: tuple[int, ...], itemsize: int, first: int, target: int,
+                  rewrite: int = STREAM_REWRITE_BYTES) -> tuple[int, ...]:
     """Chunk shape for an array appended to along axis 0, whose first block has
     ``first`` rows: at most ``target`` bytes, and when whole rows fit, a chunk length
     in step with that block (a multiple of ``first``, or a divisor of it no smaller
-    than half the most rows that fit)."""
+    than half the most rows that fit). Several blocks share a chunk only up to
+    ``rewrite`` bytes: every append rewrites the chunk it leaves partial."""
     chunks = choose_chunks((sys.maxsize, *trailing), itemsize, target)
     most = chunks[0]
-    if chunks[1:] != tuple(max(1, n) for n in trailing) or first <= 0 or most <= 1:
-        return chunks  # rows are split, or no block to follow
+    if chunks[1:] != tuple(max(1, n) for n in trailing) or most <= 1:
+        return chunks  # rows are split
+    row_bytes = itemsize * math.prod(chunks[1:])
+    if first <= 0:  # no block to follow
+        return (max(1, min(most, rewrite // row_bytes)), *chunks[1:])
     if first <= most:
-        rows = most // first * first
+        rows = first * max(1, min(most // first, rewrite // (first * row_bytes)))
     else:
         rows = max((d for d in range(1, most + 1) if first % d == 0), default=1)
         rows = rows if 2 * rows >= most else most

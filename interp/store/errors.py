@@ -42,6 +42,27 @@ class RunExistsError(StoreError, FileExistsError):
     """``create_run`` found a run (or foreign data) where it was asked to write."""
 
 
+class RunLockedError(RunExistsError):
+    """Another writer holds the run (one writer per run): ``create_run`` found its lock,
+    or a writer found that its own lock was taken. ``holder`` names that writer (host,
+    pid, start time) when the lock says; ``lock_path`` is the lock file."""
+
+    def __init__(self, message: str, *, holder=None, lock_path: str | None = None,
+                 original: BaseException | None = None) -> None:
+        super().__init__(message, original=original)
+        self.holder = holder
+        self.lock_path = lock_path
+
+
+class UnwritableRunError(StoreError):
+    """No run can be made at the path: a file is in the way, a folder cannot be made
+    there, or writing is not permitted."""
+
+
+class StaleLockWarning(UserWarning):
+    """``create_run(overwrite=True)`` took over the lock of a writer that is gone."""
+
+
 class MissingEntryError(StoreError, KeyError):
     """A run has no entry (batch, result, table) of that name."""
 

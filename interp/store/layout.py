@@ -3,7 +3,9 @@
 On-disk layout of one run (a zarr v3 group)::
 
     <run>/                       group; attrs: ssmlens_format, ssmlens_complete,
-                                 created_at, finished_at, config, metrics, checkpoint
+                                 ssmlens_writer, created_at, finished_at, config,
+                                 metrics, checkpoint
+      ssmlens-writer.lock        while a writer holds the run (store.lock)
       batch/                     group; attrs: task, vocab_size, config, roles
         tokens                   int64 [batch, pos]
         loss_mask                bool  [batch, pos]
@@ -21,6 +23,9 @@ array also records its original name in the ``ssmlens_name`` attribute.
 
 Chunks are files (objects) ``<array>/c.<i>.<j>...`` (zarr's default key encoding with
 the "." separator: side by side, not one folder per index).
+
+Writer: ``ssmlens-writer.lock`` (a file, not a zarr node) exists while a writer holds
+the run; ``ssmlens_writer`` names that writer (``ssmlens.interp.store.lock``).
 
 Completion: ``ssmlens_complete`` is written False at creation and True by the very
 last write of ``RunWriter.finish()``; every array carries ``ssmlens_rows``, the number
@@ -44,6 +49,7 @@ FINISHED_ATTR = "finished_at"
 CONFIG_ATTR = "config"
 METRICS_ATTR = "metrics"
 CHECKPOINT_ATTR = "checkpoint"
+WRITER_ATTR = "ssmlens_writer"  # {token, host, pid, started} of the one writer (store.lock)
 
 # Array attributes.
 NAME_ATTR = "ssmlens_name"

@@ -103,6 +103,45 @@ def open_group(url: str, mode: str, storage_options: dict | None = None) -> zarr
         ) from None
 
 
+def os_reason(path: str, e: OSError) -> str:
+    """Why making or writing ``path`` failed with ``e``, in a few words: the file in the
+    way if that is the problem, else the OS's reason and the path it names."""
+    if "://" not in path:
+        probe = path
+        while probe != os.path.dirname(probe) and not os.path.lexists(probe):
+            probe = os.path.dirname(probe)
+        if os.path.lexists(probe) and not os.path.isdir(probe):
+            return f"{probe} is a file, not a directory"
+    return f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
+
+
+def dir_problem(path: str) -> str | None:
+    """Why no directory can be made (or written) at the local ``path``, or None. An
+    existing directory is asked (``os.access``); missing folders are made and removed
+    again (what some filesystems refuse shows only then), so nothing is left behind."""
+    made = []
+    try:
+        if os.path.isdir(path):
+            return None if os.access(path, os.W_OK | os.X_OK) else f"no permission to write in {path}"
+        probe = path
+        while not os.path.lexists(probe):
+            made.append(probe)
+            probe = os.path.dirname(probe)
+        for folder in reversed(made):
+            os.mkdir(folder)
+        if not made:  # ``path`` exists and is not a directory
+            return os_reason(path, NotADirectoryError(20, "Not a directory", path))
+        return None
+    except OSError as e:
+        return os_reason(path, e)
+    finally:
+        for folder in made:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
+
+
 def store_for_writing(url: str) -> str | ReservingLocalStore:
     """What ``zarr.open_group`` gets to write a run: a ``ReservingLocalStore`` for a
     local path (``normalize``-d), the URL itself otherwise (zarr makes its store)."""

@@ -1,13 +1,17 @@
 """RunWriter: fills one run group (batch, cache, results, tables, metrics) and seals it.
 
-Every write returns once its data is on the store (appended rows: once they fill
-whole chunks, the rest at ``finish()``). A whole array's metadata is written after
-its chunks (it appears complete or not at all); an appended array's ``ssmlens_rows``
-is raised only after its rows were written; ``finish()`` writes the completion
-marker last. A writer killed at any point therefore leaves a run that readers see as
-incomplete, with every array showing exactly the rows that reached the store.
+Every write returns once its data is on the store (appended rows included: a
+writer killed after ``append`` returned keeps them). A whole array's metadata is
+written after its chunks (it appears complete or not at all); an appended array's
+``ssmlens_rows`` is raised only after its rows were written; ``finish()`` writes the
+completion marker last. A writer killed at any point therefore leaves a run that
+readers see as incomplete, with every array showing exactly the rows that reached the
+store.
 
-Not thread-safe: one writer per run, used from one thread. Its store requests
+One writer per run: a RunWriter holds the run's lock (``lock``) and checks, before
+each write and before marking the run complete, that the lock still names it; if not
+it stops (RunLockedError) and writes nothing more, not even its abort record.
+Not thread-safe: used from one thread. Its store requests
 (metadata and chunks of every array of one call) run concurrently on zarr's event
 loop, whose codecs and local-file writes run in zarr's threads.
 """
@@ -17,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import json
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -25,6 +31,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
+from zarr.buffer import default_buffer_prototype
 from zarr.core.array import AsyncArray
 from zarr.core.sync import sync  # zarr's bridge to its event loop (what zarr.Array uses)
 
@@ -36,7 +43,8 @@ from ssmlens.interp.store.encoding import (
     CHUNK_BYTES, STREAM_CHUNK_BYTES, choose_chunks, compressors_for, is_bit_stored, stream_chunks,
     to_json, to_numpy,
 )
-from ssmlens.interp.store.errors import RunClosedError
+from ssmlens.interp.store.errors import RunClosedError, RunLockedError
+from ssmlens.interp.store.lock import WriterLock
 from ssmlens.interp.store.nodes import dtype_for_zarr, new_array, save, save_group
 from ssmlens.interp.store.tables import encode_column, flatten
 from ssmlens.interp.tasks.base import TaskBatch
@@ -57,17 +65,26 @@ class RunWriter:
     """
 
     def __init__(
-        self, group: zarr.Group, url: str, *, compression: str = "auto",
+        self, group: zarr.Group, url: str, *, lock: WriterLock, compression: str = "auto",
         chunk_bytes: int = CHUNK_BYTES,
     ) -> None:
         self.url = url
         self.compression = compression
         self.chunk_bytes = chunk_bytes
         self._group = group
+        self._lock = lock
         self._appenders: dict[str, Appender] = {}
         self._paths: set[str] = set()  # every array made so far (the run started empty)
         self._groups: set[str] = set()  # every group made so far
         self._state = "open"
+        # A writer dropped without finish() / abort() (or open at exit) frees its run:
+        # it can write no more, so the run is incomplete, not locked.
+        self._release = weakref.finalize(self, lock.release)
+
+    @property
+    def writer(self) -> dict[str, Any]:
+        """This writer's token, host, pid and start time (also in the run's attributes)."""
+        return self._lock.holder.summary()
 
     # ---- arrays -------------------------------------------------------------------
 
@@ -194,8 +211,9 @@ class RunWriter:
     def append(self, name: str, chunk: Any, dims: Iterable[str] | None = None) -> None:
         """Stream rows ``chunk`` (``[n, *trailing]``) onto ``cache/<name>`` along axis 0.
 
-        Rows are buffered until whole zarr chunks can be written; the remainder is
-        written by ``finish()`` (or ``abort()``). ``dims`` default: ``dims_for(name)``.
+        The rows are on the store when this returns (a writer killed later keeps them:
+        ``open_run(url, require_complete=False)`` reads them); a chunk that is not full
+        yet is written again by the next append. ``dims`` default: ``dims_for(name)``.
         """
         self._append_all([(name, chunk, dims)])
 
@@ -317,30 +335,53 @@ class RunWriter:
     # ---- lifecycle ----------------------------------------------------------------
 
     def finish(self) -> None:
-        """Flush every appended array, then mark the run complete (the last write)."""
+        """Mark the run complete (the last write), if this writer still holds it; then
+        release it."""
         if self._state == "finished":
             return
         self._check_open()
         self._run_jobs([(a, a.close()) for a in self._appenders.values()])
+        self._check_token()
         self._group.update_attributes({L.COMPLETE_ATTR: True, L.FINISHED_ATTR: now()})
         self._state = "finished"
+        self._release()
 
     def abort(self, error: BaseException | str | None = None) -> None:
-        """Flush what was buffered and record ``error``; the run stays incomplete."""
+        """Record ``error`` (the run stays incomplete) and release the run. A writer
+        that lost its lock records nothing: the run is another writer's now."""
         if self._state != "open":
+            if self._state == "lost":
+                self._release()
             return
         self._state = "aborted"
-        reason = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
-        reason = reason or "aborted"
         try:
-            self._run_jobs([(a, a.close()) for a in self._appenders.values()])
-        except Exception as e:  # still record why the run stopped
-            reason += f"; flushing appended rows failed: {type(e).__name__}: {e}"
-        self._group.update_attributes({L.ERROR_ATTR: reason, L.FINISHED_ATTR: now()})
+            reason = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
+            if self._lock.held():
+                self._group.update_attributes({L.ERROR_ATTR: reason or "aborted", L.FINISHED_ATTR: now()})
+        finally:
+            self._release()
 
     def _check_open(self) -> None:
+        """Before each write: the writer is open and still holds the run's lock."""
         if self._state != "open":
             raise RunClosedError(f"run {self.url} is {self._state}: no more writes")
+        try:
+            self._lock.check()
+        except RunLockedError:
+            self._state = "lost"
+            raise
+
+    def _check_token(self) -> None:
+        """Before completion: the lock and the run's own ``ssmlens_writer`` name this writer."""
+        self._check_open()
+        raw = sync(self._group.store.get("zarr.json", default_buffer_prototype()))
+        stored = (json.loads(raw.to_bytes()).get("attributes") or {}).get(L.WRITER_ATTR) if raw else None
+        if not stored or stored.get("token") != self._lock.holder.token:
+            self._state = "lost"
+            raise RunLockedError(
+                f"run {self.url} now belongs to another writer ({stored}); this writer stopped and "
+                "did not mark it complete", lock_path=self._lock.path,
+            )
 
     def __enter__(self) -> RunWriter:
         return self

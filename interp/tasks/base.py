@@ -16,6 +16,7 @@ Conventions (DESIGN §5), shared by the trainer, the probes and the run store:
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,13 @@ import torch
 from torch import Tensor
 
 STANDARD_ROLES = ("key", "value", "query", "answer", "queried_key", "queried_value", "last")
+
+
+class UnknownRoleError(KeyError):
+    """A role name the task does not have; the message lists close matches."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
 
 
 @dataclass
@@ -61,7 +69,9 @@ class TaskBatch:
     def role(self, name: str) -> Tensor:
         """Positions of a role, int64 [batch, k]; a clear error for unknown roles."""
         if name not in self.roles:
-            raise KeyError(f"task {self.task!r} has no role {name!r}; roles: {sorted(self.roles)}")
+            close = difflib.get_close_matches(str(name), list(self.roles), n=3)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise UnknownRoleError(f"task {self.task!r} has no role {name!r}.{hint} Roles: {', '.join(sorted(self.roles))}")
         return self.roles[name]
 
     def tokens_at(self, name: str) -> Tensor:

@@ -72,7 +72,7 @@ class RunDir:
 
     def read_config(self) -> dict | None:
         path = self.root / TRAIN_CONFIG
-        return json.loads(path.read_text()) if path.is_file() else None
+        return _read_json(path) if path.is_file() else None
 
     # -- step checkpoints ------------------------------------------------------
     def save_checkpoint(self, model, state: dict[str, Any], config, keep: int) -> Path:
@@ -191,8 +191,15 @@ def find_train_config(checkpoint: str | Path) -> dict | None:
     for folder in (path, path.parent, path.parent.parent):
         candidate = folder / TRAIN_CONFIG
         if candidate.is_file():
-            return json.loads(candidate.read_text())
+            return _read_json(candidate)
     return None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"corrupt {path}: {e}") from None
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

@@ -1,14 +1,22 @@
 """The trainer: one loop for every registered model on every task.
 
 AdamW with warm-up + cosine, gradient clipping, the model's auxiliary losses,
-held-out answer accuracy every ``eval_every`` steps, a tqdm bar, ``metrics.jsonl``,
+held-out answer accuracy every ``eval_every`` steps, a tqdm bar, ``metrics.jsonl``
+(the training loss every ``log_every`` steps, the held-out metrics at every eval),
 checkpoints and resume (layout in ``checkpointing``). Batches come from
 ``(seed, step)`` alone, so a resumed run sees the data an uninterrupted one would.
+
+SIGTERM or SIGINT (Ctrl+C) during ``fit`` ends it after the current step with a
+checkpoint (``stop_reason`` "signal"): the next run resumes from there. A second
+signal of the same kind acts as it would without the trainer (Ctrl+C raises
+KeyboardInterrupt at once; the checkpoint files are written atomically either way).
 """
 
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +32,9 @@ from ssmlens.interp.training.data import TaskData, build_task, derive_seed
 from ssmlens.interp.training.evaluate import answer_hits, evaluate
 from ssmlens.interp.training.optim import auxiliary_losses, build_model_seeded, make_optimizer, resolve_device
 from ssmlens.interp.training.schedule import lr_at, set_lr
-from ssmlens.models.checkpoint import WEIGHTS_FILE, load_state_checked
+from ssmlens.models.checkpoint import WEIGHTS_FILE, CheckpointError, load_state_checked
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class RunConfigMismatch(ValueError):
@@ -40,12 +50,15 @@ class TrainResult:
     checkpoint: Path
     step: int
     finished: bool
-    stop_reason: str  # "steps", "target" (stop_at_acc reached), "time" (max_time_s) or "stop_after"
+    # "steps", "target" (stop_at_acc reached), "time" (max_time_s), "stop_after" or
+    # "signal" (SIGTERM / SIGINT: ``signal`` names it)
+    stop_reason: str
     eval: dict
     best_eval: dict
     train_time_s: float
     tokens_per_s: float
     metrics: list[dict] = field(default_factory=list)
+    signal: str | None = None  # "SIGTERM" / "SIGINT" when one stopped the run
 
     @property
     def accuracy(self) -> float:
@@ -72,6 +85,7 @@ class Trainer:
         self.best_eval: dict = {}
         self.train_time_s = 0.0
         self.resumed_from: Path | None = None
+        self.stop_signal: int | None = None  # set by the handlers ``fit`` installs
         self._open_run_dir()
 
     # -- run directory / resume --------------------------------------------------
@@ -101,7 +115,15 @@ class Trainer:
 
     def _load(self, checkpoint: Path) -> None:
         state = RunDir.load_state(checkpoint)
-        load_state_checked(self.model, load_file(str(checkpoint / WEIGHTS_FILE)), source=str(checkpoint))
+        weights = checkpoint / WEIGHTS_FILE
+        try:
+            tensors = load_file(str(weights))
+        except Exception as e:  # safetensors' own error types (a truncated file) name no file
+            raise CheckpointError(
+                f"cannot resume from {checkpoint}: corrupt weights file {weights} ({type(e).__name__}: {e}); "
+                f"delete {checkpoint} to resume from an earlier checkpoint, or start afresh with --overwrite"
+            ) from None
+        load_state_checked(self.model, tensors, source=str(checkpoint))
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.last_eval = dict(state.get("last_eval") or {})
@@ -206,14 +228,61 @@ class Trainer:
         self.run.append_metrics(record)
         return record
 
+    def _log(self, sums: dict[str, torch.Tensor], n_steps: int, mark: dict, now: float) -> None:
+        """A ``metrics.jsonl`` record of the training loss (and accuracy, aux losses) over
+        the steps since the last record (``mark``: the sums and step count then; updated)."""
+        totals = {k: float(v) for k, v in sums.items()}  # one device sync, as the bar's update
+        steps = n_steps - mark["n"]
+        if steps <= 0:
+            return
+        delta = {k: v - mark["sums"].get(k, 0.0) for k, v in totals.items()}
+        record = {
+            "step": self.step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": delta.pop("loss") / steps,
+            "train_acc": delta.pop("hits") / max(delta.pop("answers"), 1.0),
+        }
+        record.update({k: v / steps for k, v in delta.items()})
+        record.update({
+            "tokens": self.step * self.tokens_per_step,
+            "tokens_per_s": steps * self.tokens_per_step / max(now - mark["time"], 1e-9),
+        })
+        self.run.append_metrics(record)
+        mark.update(sums=totals, n=n_steps, time=now)
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def _catch_signals(self) -> dict:
+        """Handlers that ask ``fit`` to stop after the current step; the previous ones
+        (to restore). Signal handlers can only be set from the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+        def stop(signum, frame) -> None:
+            self.stop_signal = signum
+            signal.signal(signum, previous[signum])  # a second one acts at once
+
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, stop)
+        return previous
+
     # -- the loop ----------------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> TrainResult:
         """Train until ``config.steps`` (or ``stop_at_acc``, or ``max_time_s``); ``stop_after`` ends this call
-        early at that step with a checkpoint, as an interruption would (for resume)."""
+        early at that step with a checkpoint, as an interruption would (for resume). SIGTERM
+        and SIGINT end it the same way (see the module docstring)."""
+        self.stop_signal = None
+        previous = self._catch_signals()
+        try:
+            return self._fit(stop_after)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _fit(self, stop_after: int | None) -> TrainResult:
         cfg = self.config
         end = cfg.steps if stop_after is None else min(cfg.steps, int(stop_after))
         bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.run_name, disable=not cfg.progress,
@@ -223,8 +292,9 @@ class Trainer:
         self.model.train()
         self._sync()
         t0 = time.perf_counter()
+        mark = {"sums": {}, "n": 0, "time": t0}  # what the last metrics record covered
         try:
-            while self.step < end and not self.finished:
+            while self.step < end and not self.finished and self.stop_signal is None:
                 out = self.train_step(self.step)
                 self.step += 1
                 n_steps += 1
@@ -233,10 +303,13 @@ class Trainer:
                 # host time only (no sync): on a GPU the queue runs at most a few steps ahead
                 time_up = cfg.max_time_s is not None and (
                     self.train_time_s + time.perf_counter() - t0 >= cfg.max_time_s)
+                evaluating = self.step % cfg.eval_every == 0 or self.step == cfg.steps or time_up
                 if self.step % cfg.log_every == 0 or self.step == end:
                     bar.update(self.step - bar.n)
                     bar.set_postfix(self._postfix(sums, n_steps), refresh=False)
-                if self.step % cfg.eval_every == 0 or self.step == cfg.steps or time_up:
+                    if not evaluating:  # an eval step's record has the training loss too
+                        self._log(sums, n_steps, mark, time.perf_counter())
+                if evaluating:
                     self._sync()
                     interval = time.perf_counter() - t0
                     self.train_time_s += interval
@@ -251,12 +324,18 @@ class Trainer:
                         saved_at = self.step
                     self._sync()
                     t0 = time.perf_counter()
+                    mark = {"sums": {}, "n": 0, "time": t0}
+            if self.stop_signal is not None:  # the loss of the steps since the last record
+                self._log(sums, n_steps, mark, time.perf_counter())
             self._sync()
             self.train_time_s += time.perf_counter() - t0
         finally:
             bar.close()
         if self.step > start and saved_at != self.step:
             self.save_checkpoint()
+        if self.stop_signal is not None and cfg.progress:
+            tqdm.write(f"{cfg.run_name}: {signal.Signals(self.stop_signal).name} at step {self.step}: "
+                       f"checkpoint saved; run again to resume")
         return self._finish(trained=self.step > start)
 
     def _postfix(self, sums: dict[str, torch.Tensor], n_steps: int) -> dict:
@@ -272,9 +351,9 @@ class Trainer:
     def _finish(self, trained: bool) -> TrainResult:
         finished = self.finished
         reason = ("target" if self.target_reached else "steps" if self.step >= self.config.steps
-                  else "time" if self.time_up else "stop_after")
+                  else "time" if self.time_up else "signal" if self.stop_signal is not None else "stop_after")
         current = self.last_eval
-        if current.get("step") != self.step:
+        if current.get("step") != self.step and self.stop_signal is None:
             # stopped between evals (stop_after): report where the model is now; the
             # recorded evals (and so `finished`) are left as they were
             current = {**self.evaluate(), "step": self.step}
@@ -292,6 +371,7 @@ class Trainer:
             "steps": self.config.steps,
             "finished": finished,
             "stop_reason": reason,
+            "signal": signal.Signals(self.stop_signal).name if self.stop_signal is not None else None,
             "eval": current,
             "best_eval": self.best_eval,
             "train_time_s": self.train_time_s,
@@ -305,6 +385,7 @@ class Trainer:
             run_dir=self.run.root, checkpoint=Path(checkpoint), step=self.step, finished=finished,
             stop_reason=reason, eval=current, best_eval=self.best_eval,
             train_time_s=self.train_time_s, tokens_per_s=tokens_per_s, metrics=self.run.read_metrics(),
+            signal=summary["signal"],
         )
 
 
