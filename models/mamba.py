@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ssmlens.interp.hooks import HookPoint
 from ssmlens.kernels.norm import rms_norm
+from ssmlens.models.config_checks import check_sizes
 from ssmlens.models.lm import LanguageModel
 from ssmlens.models.mamba_mixer import MambaMixer, MixerOptions
 from ssmlens.models.fast_path import idle
@@ -33,9 +34,7 @@ class MambaConfig(MixerOptions):  # + the mixer's options (MixerOptions)
     tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layers"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_sizes(self)
         self.mixer_config().check()
 
     @property

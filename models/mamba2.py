@@ -14,6 +14,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ssmlens.interp.hooks import HookPoint
+from ssmlens.models.config_checks import check_sizes
 from ssmlens.models.lm import LanguageModel
 from ssmlens.models.mamba2_mixer import Mamba2Mixer, Mamba2Options
 from ssmlens.models.norm import make_norm
@@ -29,9 +30,7 @@ class Mamba2Config(Mamba2Options):  # + the mixer's options (Mamba2Options)
     tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layers"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_sizes(self)
         self.mamba2_config().check()
 
     @property

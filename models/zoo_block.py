@@ -20,6 +20,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ssmlens.interp.hooks import HookPoint
+from ssmlens.models.config_checks import check_sizes
 from ssmlens.models.lm import LanguageModel
 from ssmlens.models.mlp import MLP
 from ssmlens.models.norm import make_norm
@@ -38,9 +39,7 @@ class ZooConfig:
     tie_embeddings: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layers"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_sizes(self)
         if self.d_mlp is None:
             self.d_mlp = 4 * self.d_model
         if int(self.d_mlp) < 0:
