@@ -369,7 +369,8 @@ def memory_where(views: list[ModelView]) -> tuple[go.Figure | None, str]:
 
 def _mixing_view(da) -> np.ndarray:
     m = np.asarray(da.values, dtype=float)
-    return m.mean(0) if da.attrs.get("group") == "head" else np.abs(m).mean(0)
+    reduce = da.attrs.get("reduce") or ("mean" if da.attrs.get("group") == "head" else "abs_mean")
+    return m.mean(0) if reduce == "mean" else np.abs(m).mean(0)
 
 
 def mixing_grid(views: list[ModelView], token_labels: list[str] | None) -> tuple[go.Figure | None, str]:
@@ -409,7 +410,8 @@ def mixing_grid(views: list[ModelView], token_labels: list[str] | None) -> tuple
             if vpos and row.sum() > 0:
                 shares.append((v.name, float(row[vpos[0]] / row.sum())))
     caption = "Token-mixing matrices of one example, every model and layer (rows: queries, columns: keys; each " \
-              "panel scaled to its largest entry; attention heads averaged, SSM channels as mean |α|)"
+              "panel scaled to its largest entry; nonnegative patterns (softmax, Based) averaged over heads, " \
+              "signed ones (SSM, H3, Hyena) as the mean |weight| over channels or heads)"
     if shares:
         shares.sort(key=lambda s: -s[1])
         caption += ("; at the query, the last layer gives the queried value (value*) "

@@ -87,9 +87,11 @@ def mixing_results(model, tokens: torch.Tensor) -> dict[str, xr.DataArray]:
     for layer in range(len(model.blocks)):
         res = token_mixing(model, tokens, layer)
         m = res.matrix[0].float().cpu().numpy()
+        coords = {"k": res.labels(), **({res.group: res.group_labels} if res.group_labels else {})}
         out[f"mixing/L{layer}"] = xr.DataArray(
-            m, dims=[res.group, "q", "k"], coords={"k": res.labels()},
+            m, dims=[res.group, "q", "k"], coords=coords,
             attrs={"kind": res.kind, "group": res.group, "hook": res.hook,
+                   "reduce": "abs_mean" if res.signed else "mean",
                    "reproduce_rel_err": float((res.reproduce() - res.output.double()).norm()
                                               / res.output.double().norm().clamp_min(1e-300))})
     return out
