@@ -425,18 +425,20 @@ def mixing_grid(views: list[ModelView], token_labels: list[str] | None) -> tuple
 def diagnostics_figure(views: list[ModelView], recall_threshold: float) -> tuple[go.Figure | None, str]:
     have = [v for v in views if v.result("diagnostics/horizon") is not None]
     if not have:
-        return None, "no model of the suite has a selective SSM layer"
+        return None, "no model of the suite has an SSM or long-convolution layer"
     fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.1,
-                        subplot_titles=["memory horizon per channel (tokens, all layers)",
+                        subplot_titles=["memory horizon per channel, head or filter (tokens, all layers)",
                                         "input dependence of Δ vs accuracy"])
     for v in have:
         h = np.asarray(v.result("diagnostics/horizon").values, dtype=float).ravel()
         ok = v.acc >= recall_threshold
         fig.add_trace(go.Box(y=h, name=v.name, boxpoints=False, marker_color="#2ca02c" if ok else "#d62728",
                              showlegend=False), row=1, col=1)
-        fig.add_trace(go.Scatter(x=[float(v.row.get("diag_input_share", np.nan))], y=[v.acc], mode="markers+text",
-                                 text=[v.name], textposition="top center", showlegend=False,
-                                 marker=dict(size=10, color="#2ca02c" if ok else "#d62728")), row=1, col=2)
+        share = float(v.row.get("diag_input_share", np.nan))
+        if np.isfinite(share):  # Hyena has no Δ
+            fig.add_trace(go.Scatter(x=[share], y=[v.acc], mode="markers+text", text=[v.name],
+                                     textposition="top center", showlegend=False,
+                                     marker=dict(size=10, color="#2ca02c" if ok else "#d62728")), row=1, col=2)
     fig.update_yaxes(type="log", title_text="tokens", row=1, col=1)
     fig.update_xaxes(title_text="Δ input share (token variance / total)", row=1, col=2)
     fig.update_yaxes(title_text="accuracy", range=[0, 1.1], row=1, col=2)
@@ -444,16 +446,24 @@ def diagnostics_figure(views: list[ModelView], recall_threshold: float) -> tuple
     bad = [v for v in have if v.acc < recall_threshold]
 
     def med(vs, key):
-        return float(np.median([float(v.row.get(key, np.nan)) for v in vs])) if vs else float("nan")
+        values = [float(v.row.get(key, np.nan)) for v in vs]
+        values = [x for x in values if np.isfinite(x)]
+        return float(np.median(values)) if values else float("nan")
 
-    abscissa = max(float(v.row.get("diag_abscissa", np.nan)) for v in have)
     parts = []
     for name, vs in (("that recall", good), ("that do not recall", bad)):
         if vs:
-            parts.append(f"the {len(vs)} model{'s' if len(vs) > 1 else ''} {name} have a median channel horizon of "
-                         f"{med(vs, 'diag_median_horizon'):.1f} tokens and a Δ input share of "
-                         f"{num(med(vs, 'diag_input_share'))}")
-    stable = "negative in every layer, so every recurrence is stable" if abscissa < 0 else "not negative everywhere"
-    caption = (f"Selective-SSM layers (green: accuracy ≥ {pct(recall_threshold)}, red: below): {'; '.join(parts)}; "
-               f"A's spectral abscissa is {stable} (max {abscissa:.3g}).")
-    return _style(fig, "Stability and memory diagnostics", 430), caption
+            share = med(vs, "diag_input_share")
+            parts.append(f"the {len(vs)} model{'s' if len(vs) > 1 else ''} {name} have a median horizon of "
+                         f"{med(vs, 'diag_median_horizon'):.1f} tokens"
+                         + (f" and a Δ input share of {num(share)}" if np.isfinite(share) else ""))
+    abscissae = [float(v.row.get("diag_abscissa", np.nan)) for v in have]
+    abscissae = [a for a in abscissae if np.isfinite(a)]
+    caption = (f"SSM and long-convolution layers (green: accuracy ≥ {pct(recall_threshold)}, red: below; "
+               f"H3's Δ is fixed, so its input share is 0; Hyena's horizon is its filters' mass lag): "
+               f"{'; '.join(parts)}")
+    if abscissae:
+        stable = "negative in every layer, so every recurrence is stable" if max(abscissae) < 0 \
+            else "not negative everywhere"
+        caption += f"; A's spectral abscissa is {stable} (max {max(abscissae):.3g})"
+    return _style(fig, "Stability and memory diagnostics", 430), caption + "."

@@ -17,9 +17,10 @@ result                      what (module that computes it)
                             ``write_change``
 ``mixing/L<l>``             the token-mixing matrix ``(group, q, k)`` of example 0
                             (``ssmlens.probes.mixing``), float32
-``diagnostics/*``           SSM layers only (``ssmlens.probes.diagnostics``):
+``diagnostics/*``           SSM, H3 and Hyena layers (``ssmlens.probes.diagnostics``):
                             ``decay_quantiles (layer, quantile)``, ``radius (layer, pos)``,
-                            ``horizon (layer, channel)``, ``scalars (layer, stat)``
+                            ``horizon (layer, channel | head | filter)``,
+                            ``scalars (layer, stat)``
 ==========================  ===========================================================
 
 and ``metrics``, the numbers the suite's mechanism table is made of (``summary_row``).
@@ -97,6 +98,11 @@ def mixing_results(model, tokens: torch.Tensor) -> dict[str, xr.DataArray]:
     return out
 
 
+def _nanmax(values) -> float:
+    finite = [float(v) for v in values if np.isfinite(v)]
+    return max(finite) if finite else float("nan")
+
+
 def diagnostics_results(model, tokens: torch.Tensor) -> tuple[dict[str, xr.DataArray], dict]:
     from ssmlens.probes.diagnostics import QUANTILES, model_diagnostics
 
@@ -111,17 +117,18 @@ def diagnostics_results(model, tokens: torch.Tensor) -> tuple[dict[str, xr.DataA
                                                     coords={"layer": layers, "quantile": list(QUANTILES)}),
         "diagnostics/radius": xr.DataArray(np.stack([d.radius for d in diags]), dims=["layer", "pos"],
                                            coords={"layer": layers}),
-        "diagnostics/horizon": xr.DataArray(np.stack([d.horizon for d in diags]), dims=["layer", "channel"],
-                                            coords={"layer": layers}),
+        "diagnostics/horizon": xr.DataArray(np.stack([d.horizon for d in diags]), dims=["layer", diags[0].group],
+                                            coords={"layer": layers}, attrs={"kind": diags[0].kind}),
         "diagnostics/scalars": xr.DataArray(np.array([[d.scalars()[s] for s in stats] for d in diags]),
                                             dims=["layer", "stat"], coords={"layer": layers, "stat": stats}),
     }
     summary = {
         "diag_median_horizon": float(np.median(np.concatenate([d.horizon for d in diags]))),
         "diag_max_horizon": float(max(d.horizon.max() for d in diags)),
-        "diag_abscissa": float(max(d.abscissa for d in diags)),
+        "diag_abscissa": _nanmax([d.abscissa for d in diags]),
         "diag_input_share": float(np.mean([d.input_share for d in diags])),
         "diag_median_decay_rate": float(np.median([d.decay_quantiles[len(QUANTILES) // 2] for d in diags])),
+        "diag_kind": diags[0].kind,
     }
     return out, summary
 
