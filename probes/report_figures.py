@@ -276,7 +276,8 @@ def conv_ablation_bars(views: list[ModelView]) -> tuple[go.Figure | None, str]:
     fig.update_layout(barmode="group")
     fig.update_yaxes(title_text="answer accuracy", range=[0, 1.05])
     drops = sorted(have, key=lambda v: v.acc - float(v.row["acc_no_conv"]), reverse=True)
-    parts = [f"{v.name} {pct(v.acc)} → {pct(float(v.row['acc_no_conv']))}" for v in drops]
+    parts = [f"{v.name} {pct(v.acc)} → {pct(float(v.row['acc_no_conv']))}"
+             + (" (shift SSM removed)" if v.row.get("conv_ablation") == "no_shift" else "") for v in drops]
     caption = f"Accuracy with every short convolution reduced to its current-token tap: {join(parts)}."
     return _style(fig, "Short-convolution ablation", 400), caption
 

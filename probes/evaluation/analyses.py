@@ -11,7 +11,7 @@ result                      what (module that computes it)
 ``association/<component>`` restored fraction ``(metric, layer, role)`` under key
                             corruption (``interventions.association_test``)
 ``ablation/acc``            accuracy ``(ablation,)``: none, no_conv, no_conv@l (when the
-                            model has a short conv)
+                            model has a short conv; H3: no_shift, ``SHORT_CONV_ABLATIONS``)
 ``memory/*``                B'MOJO only (``memory``): ``recall_vs_size``, ``writes``,
                             ``write_ablation``, ``attention``, ``write_patching``,
                             ``write_change``
@@ -65,19 +65,40 @@ def _accuracy(model, batch: TaskBatch, batch_size: int, ablation: str = "none") 
     return answer_accuracy(model, batch, batch_size, ablation)
 
 
+# The short convolution of each family and the ablation that removes it (the first that
+# applies): ``no_conv`` reduces a depthwise short conv to its current tap (Mamba, Mamba-2
+# with its x/B/C conv, MoE-Mamba, B'MOJO's SSM, Based's BaseConv, Hyena's short filter on
+# its gates and value); H3 has no such conv, its short-range mixing is the shift SSM on k
+# (a FIR of d_state taps), which ``no_shift`` removes (k̃ := k).
+SHORT_CONV_ABLATIONS = (("no_conv", "mixer.hook_conv"), ("no_shift", "mixer.hook_shift_out"))
+
+
+def short_conv_ablation(model) -> tuple[str, str] | None:
+    """(ablation name, hook kind) of ``model``'s short convolution, or None without one."""
+    for name, kind in SHORT_CONV_ABLATIONS:
+        try:
+            parse_ablation(name).bind(model).fwd_hooks()
+        except NotApplicable:
+            continue
+        return name, kind
+    return None
+
+
 def conv_ablation(model, batch: TaskBatch, batch_size: int, baseline: float | None = None) -> xr.DataArray | None:
-    """Accuracy without the short conv (``no_conv``: its kernel reduced to the current
-    tap), in every layer and in each alone; None for a model without one. ``baseline``:
-    the unablated accuracy on this batch when already known."""
-    try:
-        parse_ablation("no_conv").bind(model, batch).fwd_hooks()
-    except NotApplicable:
+    """Accuracy without the short conv (``SHORT_CONV_ABLATIONS``: ``no_conv``, the kernel
+    reduced to the current tap, or H3's ``no_shift``), in every layer and in each alone;
+    None for a model without one. ``baseline``: the unablated accuracy on this batch
+    when already known."""
+    found = short_conv_ablation(model)
+    if found is None:
         return None
-    layers = sorted({int(n.split(".")[1]) for n in model.hook_dict if n.endswith("mixer.hook_conv")})
-    specs = ["none", "no_conv"] + [f"no_conv@{l}" for l in layers]
+    name, kind = found
+    layers = sorted({int(n.split(".")[1]) for n in model.hook_dict if n.endswith(kind)})
+    specs = ["none", name] + [f"{name}@{l}" for l in layers]
     accs = [baseline if s == "none" and baseline is not None else _accuracy(model, batch, batch_size, s)["acc"]
             for s in specs]
-    return xr.DataArray(np.array(accs), dims=["ablation"], coords={"ablation": specs}, attrs={"metric": "acc"})
+    return xr.DataArray(np.array(accs), dims=["ablation"], coords={"ablation": specs},
+                        attrs={"metric": "acc", "ablation": name, "hook": kind})
 
 
 def mixing_results(model, tokens: torch.Tensor) -> dict[str, xr.DataArray]:
@@ -168,7 +189,8 @@ def analyse(model, task: str, task_config: dict, cfg: AnalysisConfig, progress: 
             conv = conv_ablation(model, held_out, cfg.batch_size, baseline=m["acc"])
             if conv is not None:
                 out.results["ablation/acc"] = conv
-                m["acc_no_conv"] = float(conv.sel(ablation="no_conv"))
+                m["acc_no_conv"] = float(conv.sel(ablation=conv.attrs["ablation"]))
+                m["conv_ablation"] = conv.attrs["ablation"]
         elif step == "memory" and memory.has_memory(model):
             _memory(model, clean, held_out, cfg, out)
         elif step == "mixing":

@@ -30,7 +30,7 @@ from ssmlens.interp.training.checkpointing import RunDir, is_model_checkpoint
 from ssmlens.interp.training.config import TrainConfig
 
 # Raised whenever what the analyses compute or store changes: older cell stores are redone.
-ANALYSIS_VERSION = 2
+ANALYSIS_VERSION = 3
 CELL_KIND = "evaluation_cell"
 
 

@@ -80,7 +80,8 @@ class AnalysisConfig:
     eval_size: int = 1000
     seed: int = 1234
     roles: list = field(default_factory=lambda: ["queried_key", "queried_value", "query", "last"])
-    components: list = field(default_factory=lambda: ["resid", "mixer", "state", "attn_k", "attn_v", "conv"])
+    components: list = field(default_factory=lambda: ["resid", "mixer", "state", "long_conv", "attn_k", "attn_v",
+                                                      "conv"])
     memory_sizes: list = field(default_factory=lambda: [0, 1, 2, 4, 8])
     threshold: float = 0.5
     recall_threshold: float = 0.9
