@@ -189,12 +189,15 @@ def test_suite_errors_name_the_field(tmp_path, change, message):
 def test_shipped_suites_load(tmp_path):
     root = Path(__file__).resolve().parents[1] / "examples" / "suites"
     quick, arora = load_suite(root / "quick.yaml"), load_suite(root / "arora-ar.yaml")
-    assert {c.family for c in quick.cells(tmp_path)} >= {"transformer", "mamba", "bmojo", "moe_mamba"}
+    families = ["transformer", "based", "mamba", "mamba2", "h3", "hyena"]
+    assert set(families + ["bmojo"]) <= {c.family for c in quick.cells(tmp_path)}
     assert len({c.width for c in quick.cells(tmp_path)}) == 2
     cells = arora.cells(tmp_path)
     assert arora.task_config == {"n_keys": 4096, "n_values": 4096, "n_pairs": 16}
-    assert {c.width for c in cells} == {16, 32, 64, 128, 256} and len({c.lr for c in cells}) >= 2
-    assert all(c.train["device"] == "cuda" and c.train["max_time_s"] for c in cells)
+    assert [c.family for c in cells] == [f for f in families for _ in (64, 128)]  # the Transformers first
+    assert {c.width for c in cells} == {64, 128}
+    assert all(c.train["device"] == "cuda" and c.train["max_time_s"] and c.gpus == 0.16 for c in cells)
+    assert arora.analysis.device == "train"  # the analyses run on the training GPU
     # the config hash names the model directory: an edited training config trains a new model
     a = suite_from_dict(TINY).cells(tmp_path)[0]
     b = suite_from_dict({**TINY, "train": {**TINY["train"], "steps": 21}}).cells(tmp_path)[0]
@@ -260,3 +263,20 @@ def test_gpu_share_of_a_cell(tmp_path):
     assert {c.gpus for c in suite_from_dict(on_gpu).cells(tmp_path)} == {1.0}  # a GPU each by default
     assert {c.gpus for c in suite_from_dict({**on_gpu, "resources": {"gpus": 0.25}}).cells(tmp_path)} == {0.25}
     assert {c.gpus for c in suite_from_dict(TINY).cells(tmp_path)} == {0.0}  # on the CPU
+
+
+def test_gpu_suite_runs_end_to_end_with_tiny_overrides(tmp_path, capsys):
+    """examples/suites/arora-ar.yaml as the GPU command runs it, shrunk for this CPU with --set."""
+    suite = Path(__file__).resolve().parents[1] / "examples" / "suites" / "arora-ar.yaml"
+    tiny = ["widths=[16]", "train.device=cpu", "models[*].steps=8", "models[*].max_time_s=30", "task_config.n_keys=64",
+            "task_config.n_values=64", "train.batch_size=16", "train.eval_every=8", "train.eval_size=32",
+            "analysis.n_examples=8", "analysis.eval_size=32", "resources.gpus=0"]
+    args = ["evaluate", str(suite), "--out", str(tmp_path / "out"), "--deadline", "180", "--no-progress"]
+    assert main(args + [f"--set={t}" for t in tiny]) == 0
+    printed = capsys.readouterr().out
+    assert "6 of 6 cells finished" in printed
+    table = printed.split("Mechanism table", 1)[1]
+    assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][1:] == \
+        ["transformer", "based", "mamba", "mamba2", "h3", "hyena"]
+    cells = open_run(tmp_path / "out" / "suite").table("cells")
+    assert set(cells["status"]) == {"done"} and set(cells["train_steps"]) == {8}

@@ -289,13 +289,14 @@ def suite_from_dict(d: dict) -> Suite:
     return Suite(name, task, task_config, entries, analysis, source=json.loads(json.dumps(d, default=str)))
 
 
-_PATH_PART = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]")
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(-?\d+|\*)\]")
 
 
 def apply_overrides(d: dict, overrides: list[str]) -> dict:
     """A copy of the suite mapping ``d`` with each ``FIELD=VALUE`` set: FIELD a dotted path
-    (``train.steps``, ``models[2].lr``, ``widths``), VALUE parsed as YAML (``[16, 32]``,
-    ``1.0e-3``, ``cpu``). Mappings on the way are created; list items must exist."""
+    (``train.steps``, ``models[2].lr``, ``models[*].max_time_s`` for every entry,
+    ``widths``), VALUE parsed as YAML (``[16, 32]``, ``1.0e-3``, ``cpu``). Mappings on the
+    way are created; list items must exist."""
     import copy
 
     import yaml
@@ -313,26 +314,43 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise SuiteError(f"--set {key}: cannot parse the value {text!r}: {e}") from None
-        node: Any = d
-        for i, (name, index) in enumerate(parts):
-            last = i == len(parts) - 1
-            if name is not None:
-                if not isinstance(node, dict):
-                    raise SuiteError(f"--set {key}: {name!r} is not a field of a mapping here")
-                if last:
-                    node[name] = value
-                else:
-                    node = node.setdefault(name, [] if parts[i + 1][1] is not None else {})
-            else:
-                if not isinstance(node, list) or not -len(node) <= int(index) < len(node):
-                    raise SuiteError(f"--set {key}: no item [{index}] here")
-                if last:
-                    node[int(index)] = value
-                else:
-                    if isinstance(node[int(index)], str):  # "mamba" stands for {family: mamba}
-                        node[int(index)] = {"family": node[int(index)]}
-                    node = node[int(index)]
+        _set(d, parts, value, key)
     return d
+
+
+def _set(node: Any, parts: list, value: Any, key: str) -> None:
+    """Set ``value`` at the path ``parts`` ((name, None) or (None, index | "*")) under ``node``."""
+    (name, index), rest = parts[0], parts[1:]
+    if name is not None:
+        if not isinstance(node, dict):
+            raise SuiteError(f"--set {key}: {name!r} is not a field of a mapping here")
+        if not rest:
+            node[name] = copy_value(value)
+            return
+        child = node.setdefault(name, [] if rest[0][1] is not None else {})
+        _set(child, rest, value, key)
+        return
+    if not isinstance(node, list):
+        raise SuiteError(f"--set {key}: [{index}] indexes a list, but this is not one")
+    if index == "*":
+        targets = range(len(node))
+    elif -len(node) <= int(index) < len(node):
+        targets = [int(index)]
+    else:
+        raise SuiteError(f"--set {key}: no item [{index}] here")
+    for i in targets:
+        if not rest:
+            node[i] = copy_value(value)
+            continue
+        if isinstance(node[i], str):  # "mamba" stands for {family: mamba}
+            node[i] = {"family": node[i]}
+        _set(node[i], rest, value, key)
+
+
+def copy_value(value: Any) -> Any:
+    import copy
+
+    return copy.deepcopy(value)  # one value set at several places must not be shared
 
 
 def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
