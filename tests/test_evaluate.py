@@ -196,7 +196,7 @@ def test_shipped_suites_load(tmp_path):
     assert arora.task_config == {"n_keys": 4096, "n_values": 4096, "n_pairs": 16}
     assert [c.family for c in cells] == [f for f in families for _ in (64, 128)]  # the Transformers first
     assert {c.width for c in cells} == {64, 128}
-    assert all(c.train["device"] == "cuda" and c.train["max_time_s"] and c.gpus == 0.16 for c in cells)
+    assert all(c.train["device"] == "cuda" and c.train["max_time_s"] and c.gpus == 0.14 for c in cells)
     assert arora.analysis.device == "train"  # the analyses run on the training GPU
     # the config hash names the model directory: an edited training config trains a new model
     a = suite_from_dict(TINY).cells(tmp_path)[0]
