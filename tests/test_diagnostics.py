@@ -111,7 +111,7 @@ def test_hyena_horizon_is_its_filters_mass_lag():
 
     from ssmlens.probes.diagnostics_hyena import mass_horizon
 
-    tau = torch.tensor([0.6, 4.5, 11.7], dtype=torch.float64)  # ⌈τ⌉ = 1, 5, 12 (no ties at the threshold)
+    tau = torch.tensor([0.6, 4.5, 11.7], dtype=torch.float64)  # ⌈τ⌉ = 1, 5, 12 (no ties)
     lags = torch.arange(400, dtype=torch.float64)
     h = torch.exp(-lags / tau[:, None]) * torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)[:, None]  # sign and scale do not matter
     np.testing.assert_allclose(mass_horizon(h).numpy(), [1, 5, 12])

@@ -102,7 +102,8 @@ def test_suite_on_ray_equals_the_local_engine(cluster, local, tmp_path, capsys):
     assert_same(local, out)
     printed = capsys.readouterr().out
     assert "Mechanism table" in printed and "| hyena | 16 |" in printed
-    pd.testing.assert_frame_equal(open_run(local / "suite").table("mechanism"), open_run(out / "suite").table("mechanism"))
+    mechanism = [open_run(o / "suite").table("mechanism") for o in (local, out)]
+    pd.testing.assert_frame_equal(*mechanism)
 
 
 def test_a_worker_killed_mid_training_resumes_to_the_same_numbers(cluster, local, tmp_path, monkeypatch):
