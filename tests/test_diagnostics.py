@@ -113,7 +113,8 @@ def test_hyena_horizon_is_its_filters_mass_lag():
 
     tau = torch.tensor([0.6, 4.5, 11.7], dtype=torch.float64)  # ⌈τ⌉ = 1, 5, 12 (no ties)
     lags = torch.arange(400, dtype=torch.float64)
-    h = torch.exp(-lags / tau[:, None]) * torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)[:, None]  # sign and scale do not matter
+    # (sign and scale do not matter)
+    h = torch.exp(-lags / tau[:, None]) * torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)[:, None]
     np.testing.assert_allclose(mass_horizon(h).numpy(), [1, 5, 12])
     flat = torch.ones(1, 100)  # no decay: 1 − 1/e of the mass takes 64 of 100 lags
     assert float(mass_horizon(flat)) == 64
