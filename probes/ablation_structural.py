@@ -7,7 +7,10 @@ Definitions (``layers`` = None: every layer that has the component):
   reduced to its last tap (the one that multiplies x_t), bias kept; mode
   ``identity``: ``hook_conv`` := silu(x_t). x_t is ``hook_x`` of the same forward.
   Mixers whose conv has no activation (``conv_activation = "identity"``: Based's
-  BaseConv, Hyena's short filter) get the same without the silu.
+  BaseConv, Hyena's short filter) get the same without the silu. Mamba-2's one conv
+  runs over x, B and C together: all three are reduced (``hook_conv``, ``hook_B``,
+  ``hook_C`` from the mixer's pre-conv input, recomputed from ``hook_resid_pre``), as
+  Mamba-1's B and C lose the conv through u.
 - ``clamp_delta``: ``hook_delta`` := a constant: a given value, or by default
   softplus(dt_proj.bias) per channel (the Δ of a zero input: selectivity removed).
 - ``freeze_delta``: ``hook_delta`` := its mean over positions, per sequence and
@@ -92,6 +95,9 @@ class NoConv(Structural):
         hooks: Hooks = []
         for l in _layers_with(model, "mixer.hook_conv", self.layers, self.label):
             conv = model.get_submodule(f"blocks.{l}.mixer").conv1d
+            if hasattr(model.get_submodule(f"blocks.{l}.mixer"), "conv_dim"):  # Mamba-2: x, B, C in one conv
+                hooks += self._xbc_hooks(model, l)
+                continue
             seen: dict[str, Tensor] = {}
 
             def keep_x(x, hook, seen=seen):
@@ -112,6 +118,34 @@ class NoConv(Structural):
 
             hooks += [(f"blocks.{l}.mixer.hook_x", keep_x), (f"blocks.{l}.mixer.hook_conv", replace)]
         return hooks
+
+    def _xbc_hooks(self, model, l: int) -> Hooks:
+        """Mamba-2 (``Mamba2Block``: mixer(norm(resid))): the pre-conv xBC is recomputed
+        from the block's input, reduced to the current tap (or left as is, ``identity``),
+        then silu; u replaces ``hook_conv`` and B, C replace ``hook_B``/``hook_C``."""
+        block = model.get_submodule(f"blocks.{l}")
+        mixer = block.mixer
+        cfg, conv = mixer.cfg, mixer.conv1d
+        seen: dict[str, Tensor] = {}
+
+        def keep_resid(resid, hook):
+            seen["resid"] = resid
+            return resid
+
+        def replace_u(u, hook):
+            _, xbc, _ = mixer.in_proj(block.norm(seen.pop("resid"))).split(
+                [cfg.d_inner, mixer.conv_dim, cfg.n_heads], dim=-1)
+            if self.mode == "last_tap":
+                xbc = xbc * conv.weight[:, 0, -1].to(xbc.dtype)
+                if conv.bias is not None:
+                    xbc = xbc + conv.bias.to(xbc.dtype)
+            x, B, C = F.silu(xbc).split([cfg.d_inner, cfg.n_groups * cfg.d_state, cfg.n_groups * cfg.d_state], -1)
+            seen["B"], seen["C"] = (t.unflatten(-1, (cfg.n_groups, cfg.d_state)) for t in (B, C))
+            return x.to(u.dtype)
+
+        return [(f"blocks.{l}.hook_resid_pre", keep_resid), (f"blocks.{l}.mixer.hook_conv", replace_u),
+                (f"blocks.{l}.mixer.hook_B", lambda b, hook: seen.pop("B").to(b.dtype)),
+                (f"blocks.{l}.mixer.hook_C", lambda c, hook: seen.pop("C").to(c.dtype))]
 
 
 @dataclass

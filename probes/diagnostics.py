@@ -1,5 +1,6 @@
-"""Stability and memory diagnostics of selective SSM layers: how fast each layer forgets,
-how stable its A is, and how much its discretization depends on the input.
+"""Stability and memory diagnostics of recurrent and convolutional layers: how fast each
+layer forgets, how stable its recurrence is, and how much its discretization depends on
+the input.
 
 Per layer with a selective scan (Mamba-1's mixer in Mamba, MoE-Mamba and B'MOJO), from
 Δ ``[batch, pos, d_inner]`` (``mixer.hook_delta``, after softplus) and A ``[d_inner,
@@ -25,14 +26,36 @@ d_state]`` (= −exp(A_log)) on a batch of task inputs:
   Log Δ, because Δ spans orders of magnitude (softplus of a dt init log-uniform in
   [1e-3, 1e-1]).
 
-``layer_diagnostics(delta, A)`` computes these from arrays (tests use known Δ and A);
-``model_diagnostics(model, tokens)`` runs the model once and returns them for every
-layer whose mixer has a registered diagnostic (``register_diagnostics(MixerClass)``;
-layers without one, e.g. attention, are left out).
+The other families (one module ``ssmlens.probes.diagnostics_<name>`` each, found by
+themselves like the token-mixing views):
+
+- Mamba-2 (``diagnostics_mamba2``): the same quantities per *head* (Δ per head, A a
+  scalar per head): ``layer_diagnostics(Δ, A[:, None])``.
+- H3 (``diagnostics_h3``): its diagonal SSM is time-invariant (Δ a parameter per head),
+  so the spectrum is that of its fixed Ā = (1 + ΔA/2)/(1 − ΔA/2) (bilinear, complex
+  modes): rates −log|Ā|, horizon 1 / min_m(−log|Ā_m|) per head, abscissa max Re A, Δ's
+  input share 0 by construction. Its shift SSM is a FIR of ``d_state`` taps (nilpotent
+  A, all eigenvalues 0): its horizon is exactly ``d_state`` tokens, not a spectrum.
+- Hyena (``diagnostics_hyena``): no recurrence and no Δ; the implicit long filters' decay:
+  the horizon of each filter (order × channel) is the lag by which it has gathered
+  1 − 1/e of its ℓ1 mass over the sequence (for an exponential e^{−l/τ} that is τ, the
+  e-folding time, as for the SSMs); decay rates are 1 / horizon; abscissa, radius and
+  the Δ statistics are NaN.
+- Based: none. Its linear attention has no decay at all (Ā = I: the kv-state is a sum
+  over every earlier token, horizon ∞) and its window is exactly ``window`` tokens; how
+  much of the past it reads is decided by the feature map, which its token-mixing view
+  (``ssmlens.probes.mixing_based``) shows. Attention layers have none either.
+
+``layer_diagnostics(delta, A)`` computes the selective ones from arrays (tests use known Δ
+and A); ``model_diagnostics(model, tokens)`` runs the model once and returns them for
+every layer whose mixer has a registered diagnostic (``register_diagnostics(MixerClass)``;
+layers without one are left out).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,11 +68,13 @@ from ssmlens.models.mamba_mixer import MambaMixer
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 _REGISTRY: dict[type, Callable] = {}
+_DISCOVERED = False
 
 
 @dataclass
 class LayerDiagnostics:
-    """Diagnostics of one layer (module docstring); numpy float64 arrays."""
+    """Diagnostics of one layer (module docstring); numpy float64 arrays; NaN where a
+    quantity does not exist for the layer's kind (Hyena has no Δ and no A)."""
 
     layer: int
     decay_quantiles: np.ndarray  # [len(QUANTILES)] of the decay rate Δ·|A| per token
@@ -59,10 +84,14 @@ class LayerDiagnostics:
     channel_abscissa: np.ndarray  # [d_inner]
     delta_token_var: float  # variance of log Δ across tokens, mean over channels
     delta_channel_var: float  # variance across channels of each channel's mean log Δ
+    kind: str = "selective"  # "selective" (Mamba-1/2), "lti" (H3's fixed SSM), "filter" (Hyena)
+    group: str = "channel"  # what horizon's axis is: "channel", "head", "filter" (order × channel)
 
     @property
     def input_share(self) -> float:
         total = self.delta_token_var + self.delta_channel_var
+        if not np.isfinite(total):
+            return float("nan")
         return float(self.delta_token_var / total) if total > 0 else 0.0
 
     @property
@@ -110,8 +139,9 @@ def layer_diagnostics(delta: Float[Tensor, "batch pos d_inner"], A: Float[Tensor
 
 
 def register_diagnostics(mixer_class: type) -> Callable:
-    """Decorator: ``fn(model, layer, scope, module, cache) -> LayerDiagnostics`` for a mixer
-    class; ``fn.hooks(scope)`` lists the hooks it reads."""
+    """Decorator: ``fn(model, layer, scope, module, cache, tokens) -> LayerDiagnostics`` for
+    a mixer class; ``fn.hooks(scope)`` lists the hooks it reads from ``cache`` (none: no
+    forward is run for it)."""
     def decorate(fn):
         _REGISTRY[mixer_class] = fn
         return fn
@@ -119,12 +149,31 @@ def register_diagnostics(mixer_class: type) -> Callable:
     return decorate
 
 
+def _discover() -> None:
+    """Import every ``ssmlens.probes.diagnostics_*`` module once (each registers its mixers)."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    import ssmlens.probes as probes
+
+    for info in pkgutil.iter_modules(probes.__path__):
+        if info.name.startswith("diagnostics_"):
+            importlib.import_module(f"{probes.__name__}.{info.name}")
+    _DISCOVERED = True
+
+
 def _diagnostic_for(module):
+    _discover()
     return next((_REGISTRY[c] for c in type(module).__mro__ if c in _REGISTRY), None)
 
 
+def registered_diagnostics() -> list[str]:
+    _discover()
+    return sorted(c.__name__ for c in _REGISTRY)
+
+
 @register_diagnostics(MambaMixer)
-def mamba_diagnostics(model, layer: int, scope: str, mixer: MambaMixer, cache) -> LayerDiagnostics:
+def mamba_diagnostics(model, layer: int, scope: str, mixer: MambaMixer, cache, tokens) -> LayerDiagnostics:
     """Mamba-1's mixer (Mamba, MoE-Mamba, B'MOJO's fading memory): Δ from its hook, A = −exp(A_log)."""
     return layer_diagnostics(cache[f"{scope}.hook_delta"], mixer.A, layer)
 
@@ -146,10 +195,11 @@ def diagnosed_layers(model) -> list[tuple[int, str, torch.nn.Module]]:
 @torch.no_grad()
 def model_diagnostics(model, tokens: Tensor) -> list[LayerDiagnostics]:
     """``LayerDiagnostics`` of every diagnosed layer of ``model`` on ``tokens`` ``[b, pos]``
-    (one forward); empty for models without a selective SSM (a Transformer)."""
+    (at most one forward); empty for models without a registered layer (a Transformer,
+    Based)."""
     layers = diagnosed_layers(model)
     if not layers:
         return []
     names = [n for _, scope, module in layers for n in _diagnostic_for(module).hooks(scope)]
-    _, cache = model.run_with_cache(tokens, names_filter=names)
-    return [_diagnostic_for(module)(model, layer, scope, module, cache) for layer, scope, module in layers]
+    cache = model.run_with_cache(tokens, names_filter=names)[1] if names else {}
+    return [_diagnostic_for(module)(model, layer, scope, module, cache, tokens) for layer, scope, module in layers]

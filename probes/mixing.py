@@ -19,7 +19,19 @@ forward, to float rounding; ``tests/test_mixing.py`` holds every mixer to 1e-5).
   skip D·u, then y ⊙ silu(z) and out_proj;
 - B'MOJO's attention: one softmax per head over the token columns of its window and
   eidetic memory, plus one column per query for its fading token (``column_labels``
-  end with "fading"; ``ssmlens.probes.mixing_attention``).
+  end with "fading"; ``ssmlens.probes.mixing_attention``);
+- Mamba-2's SSD scan: the implicit attention per head, α[h, t, s] = (C_t·B_s)·
+  exp(Σ_{s<r≤t} Δ_r A_h)·Δ_s with the head's scalar A and its group's B, C
+  (``ssmlens.probes.mixing_mamba2``), skip D·u, then the gated RMSNorm and out_proj;
+- Based: its linear attention M[t, s] = φ(q_t)·φ(k_s) / (n_t + ε) per head and its
+  sliding-window softmax, as 2 × heads groups (``group_labels`` "linear.h0", …,
+  "window.h0", …; ``ssmlens.probes.mixing_based``);
+- H3: per head, the diagonal SSM's causal Toeplitz matrix times its gates,
+  M[t, s] = T[t, s]·(q_t · k̃_s), k̃ the shift SSM's output (``mixing_h3``);
+- Hyena: per channel, diag(x^N) T_N ⋯ diag(x^1) T_1, the long filters' Toeplitz
+  matrices between their gates (``mixing_hyena``).
+
+Where a matrix is a product of factors (a kernel and gates), ``parts`` holds them.
 
 Views are registered by mixer class (``register_mixing(MixerClass)(fn)``); a module
 ``ssmlens.probes.mixing_<name>.py`` that registers one is found by itself, so a new mixer
@@ -63,6 +75,9 @@ class MixingResult:
     token). ``skip [b, q, group, e]`` is added outside the mixing (Mamba's D·u).
     ``post`` maps the mixed ``[b, q, group, e]`` to the mixer's output ``[b, q, d_model]``;
     ``output`` is that output as the model computed it in the same forward.
+    ``group_labels`` name the groups when they differ in kind (Based: linear-attention and
+    window heads); ``parts`` holds named factors of the matrix (H3, Hyena: the causal
+    Toeplitz matrices of their long convolutions, ``[group, q, k]``, and the gates).
     """
 
     matrix: Float[Tensor, "batch group q k"]
@@ -75,6 +90,8 @@ class MixingResult:
     extra_values: Tensor | None = None
     skip: Tensor | None = None
     column_labels: list[str] | None = None
+    group_labels: list[str] | None = None  # names of the groups where they are not all alike (Based)
+    parts: dict[str, Tensor] | None = None  # the factors of the matrix (e.g. "kernel": a Toeplitz [group, q, k])
 
     @property
     def n_tokens(self) -> int:
@@ -94,10 +111,16 @@ class MixingResult:
         """The mixer's output recomputed from the matrix (compare with ``output``)."""
         return self.post(self.mixed())
 
+    @property
+    def signed(self) -> bool:
+        """Whether some weight is negative (SSM and convolution views; not softmax or Based)."""
+        return bool((self.matrix < 0).any())
+
     def view(self, reduce: str | None = None) -> Float[Tensor, "batch q k"]:
-        """One ``[b, q, K]`` picture over groups: "mean" (default for heads: an average
-        pattern) or "abs_mean" (default for channels, whose signs differ)."""
-        reduce = reduce or ("mean" if self.group == "head" else "abs_mean")
+        """One ``[b, q, K]`` picture over groups: "mean" (default for nonnegative matrices:
+        an average pattern) or "abs_mean" (default when signs differ between groups or
+        entries, as for SSM channels and heads, where a mean would cancel)."""
+        reduce = reduce or ("abs_mean" if self.signed else "mean")
         if reduce == "mean":
             return self.matrix.mean(1)
         if reduce == "abs_mean":

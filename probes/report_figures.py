@@ -276,7 +276,8 @@ def conv_ablation_bars(views: list[ModelView]) -> tuple[go.Figure | None, str]:
     fig.update_layout(barmode="group")
     fig.update_yaxes(title_text="answer accuracy", range=[0, 1.05])
     drops = sorted(have, key=lambda v: v.acc - float(v.row["acc_no_conv"]), reverse=True)
-    parts = [f"{v.name} {pct(v.acc)} → {pct(float(v.row['acc_no_conv']))}" for v in drops]
+    parts = [f"{v.name} {pct(v.acc)} → {pct(float(v.row['acc_no_conv']))}"
+             + (" (shift SSM removed)" if v.row.get("conv_ablation") == "no_shift" else "") for v in drops]
     caption = f"Accuracy with every short convolution reduced to its current-token tap: {join(parts)}."
     return _style(fig, "Short-convolution ablation", 400), caption
 
@@ -369,7 +370,8 @@ def memory_where(views: list[ModelView]) -> tuple[go.Figure | None, str]:
 
 def _mixing_view(da) -> np.ndarray:
     m = np.asarray(da.values, dtype=float)
-    return m.mean(0) if da.attrs.get("group") == "head" else np.abs(m).mean(0)
+    reduce = da.attrs.get("reduce") or ("mean" if da.attrs.get("group") == "head" else "abs_mean")
+    return m.mean(0) if reduce == "mean" else np.abs(m).mean(0)
 
 
 def mixing_grid(views: list[ModelView], token_labels: list[str] | None) -> tuple[go.Figure | None, str]:
@@ -409,7 +411,8 @@ def mixing_grid(views: list[ModelView], token_labels: list[str] | None) -> tuple
             if vpos and row.sum() > 0:
                 shares.append((v.name, float(row[vpos[0]] / row.sum())))
     caption = "Token-mixing matrices of one example, every model and layer (rows: queries, columns: keys; each " \
-              "panel scaled to its largest entry; attention heads averaged, SSM channels as mean |α|)"
+              "panel scaled to its largest entry; nonnegative patterns (softmax, Based) averaged over heads, " \
+              "signed ones (SSM, H3, Hyena) as the mean |weight| over channels or heads)"
     if shares:
         shares.sort(key=lambda s: -s[1])
         caption += ("; at the query, the last layer gives the queried value (value*) "
@@ -423,18 +426,20 @@ def mixing_grid(views: list[ModelView], token_labels: list[str] | None) -> tuple
 def diagnostics_figure(views: list[ModelView], recall_threshold: float) -> tuple[go.Figure | None, str]:
     have = [v for v in views if v.result("diagnostics/horizon") is not None]
     if not have:
-        return None, "no model of the suite has a selective SSM layer"
+        return None, "no model of the suite has an SSM or long-convolution layer"
     fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.1,
-                        subplot_titles=["memory horizon per channel (tokens, all layers)",
+                        subplot_titles=["memory horizon per channel, head or filter (tokens, all layers)",
                                         "input dependence of Δ vs accuracy"])
     for v in have:
         h = np.asarray(v.result("diagnostics/horizon").values, dtype=float).ravel()
         ok = v.acc >= recall_threshold
         fig.add_trace(go.Box(y=h, name=v.name, boxpoints=False, marker_color="#2ca02c" if ok else "#d62728",
                              showlegend=False), row=1, col=1)
-        fig.add_trace(go.Scatter(x=[float(v.row.get("diag_input_share", np.nan))], y=[v.acc], mode="markers+text",
-                                 text=[v.name], textposition="top center", showlegend=False,
-                                 marker=dict(size=10, color="#2ca02c" if ok else "#d62728")), row=1, col=2)
+        share = float(v.row.get("diag_input_share", np.nan))
+        if np.isfinite(share):  # Hyena has no Δ
+            fig.add_trace(go.Scatter(x=[share], y=[v.acc], mode="markers+text", text=[v.name],
+                                     textposition="top center", showlegend=False,
+                                     marker=dict(size=10, color="#2ca02c" if ok else "#d62728")), row=1, col=2)
     fig.update_yaxes(type="log", title_text="tokens", row=1, col=1)
     fig.update_xaxes(title_text="Δ input share (token variance / total)", row=1, col=2)
     fig.update_yaxes(title_text="accuracy", range=[0, 1.1], row=1, col=2)
@@ -442,16 +447,24 @@ def diagnostics_figure(views: list[ModelView], recall_threshold: float) -> tuple
     bad = [v for v in have if v.acc < recall_threshold]
 
     def med(vs, key):
-        return float(np.median([float(v.row.get(key, np.nan)) for v in vs])) if vs else float("nan")
+        values = [float(v.row.get(key, np.nan)) for v in vs]
+        values = [x for x in values if np.isfinite(x)]
+        return float(np.median(values)) if values else float("nan")
 
-    abscissa = max(float(v.row.get("diag_abscissa", np.nan)) for v in have)
     parts = []
     for name, vs in (("that recall", good), ("that do not recall", bad)):
         if vs:
-            parts.append(f"the {len(vs)} model{'s' if len(vs) > 1 else ''} {name} have a median channel horizon of "
-                         f"{med(vs, 'diag_median_horizon'):.1f} tokens and a Δ input share of "
-                         f"{num(med(vs, 'diag_input_share'))}")
-    stable = "negative in every layer, so every recurrence is stable" if abscissa < 0 else "not negative everywhere"
-    caption = (f"Selective-SSM layers (green: accuracy ≥ {pct(recall_threshold)}, red: below): {'; '.join(parts)}; "
-               f"A's spectral abscissa is {stable} (max {abscissa:.3g}).")
-    return _style(fig, "Stability and memory diagnostics", 430), caption
+            share = med(vs, "diag_input_share")
+            parts.append(f"the {len(vs)} model{'s' if len(vs) > 1 else ''} {name} have a median horizon of "
+                         f"{med(vs, 'diag_median_horizon'):.1f} tokens"
+                         + (f" and a Δ input share of {num(share)}" if np.isfinite(share) else ""))
+    abscissae = [float(v.row.get("diag_abscissa", np.nan)) for v in have]
+    abscissae = [a for a in abscissae if np.isfinite(a)]
+    caption = (f"SSM and long-convolution layers (green: accuracy ≥ {pct(recall_threshold)}, red: below; "
+               f"H3's Δ is fixed, so its input share is 0; Hyena's horizon is its filters' mass lag): "
+               f"{'; '.join(parts)}")
+    if abscissae:
+        stable = "negative in every layer, so every recurrence is stable" if max(abscissae) < 0 \
+            else "not negative everywhere"
+        caption += f"; A's spectral abscissa is {stable} (max {max(abscissae):.3g})"
+    return _style(fig, "Stability and memory diagnostics", 430), caption + "."

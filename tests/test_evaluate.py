@@ -29,6 +29,10 @@ TINY = {
         {"family": "mamba", "model_config": {"d_state": 4}},
         {"family": "bmojo", "model_config": {"n_heads": 2, "d_state": 4, "window": 3, "memory_size": 2,
                                              "threshold": 1.0}},
+        {"family": "based", "model_config": {"feature_dim": 4, "window": 3}},
+        {"family": "h3", "model_config": {"d_state": 4}},
+        {"family": "hyena", "model_config": {"l_max": 11, "filter_width": 8}},
+        {"family": "mamba2", "model_config": {"d_state": 4, "d_head": 8}},
     ],
     "analysis": {"n_examples": 8, "eval_size": 32, "memory_sizes": [0, 1]},
 }
@@ -48,7 +52,7 @@ def tiny(tmp_path_factory):
 
 def test_tiny_suite_end_to_end(tiny):
     _, out, result = tiny
-    assert not result.failed and len(result.rows) == 3 and result.report_rebuilt
+    assert not result.failed and len(result.rows) == 7 and result.report_rebuilt
     cells = {k: open_run(out / "cells" / k) for k in result.rows}
     mamba = cells["mamba-w16-lr0.003-s0"]
     names = set(mamba.results())
@@ -67,12 +71,25 @@ def test_tiny_suite_end_to_end(tiny):
             "memory/write_change"} <= set(bmojo.results())
     assert 0 <= bmojo.metrics["acc_memory_0"] <= 1
     assert "diagnostics/horizon" not in cells["transformer-w16-lr0.003-s0"].results()
+    # the zoo and Mamba-2: their own sites, short-conv ablation and diagnostics
+    based, h3, hyena, mamba2 = (cells[f"{f}-w16-lr0.003-s0"] for f in ("based", "h3", "hyena", "mamba2"))
+    assert based.result("interchange/state").attrs["hook"] == "mixer.hook_kv_state"
+    assert based.result("mixing/L1")["head"].values.tolist() == ["linear.h0", "window.h0"]
+    assert "diagnostics/horizon" not in based.results()  # no decay to measure (probes.diagnostics)
+    assert h3.result("ablation/acc")["ablation"].values.tolist() == ["none", "no_shift", "no_shift@0", "no_shift@1"]
+    assert h3.result("association/conv").attrs["hook"] == "mixer.hook_shift_out"
+    assert h3.result("diagnostics/horizon").attrs["kind"] == "lti" and h3.metrics["diag_input_share"] == 0
+    assert hyena.result("association/long_conv").attrs["hook"] == "mixer.hook_conv_out_2"
+    assert hyena.result("ablation/acc").attrs["ablation"] == "no_conv"
+    assert hyena.result("diagnostics/horizon").dims == ("layer", "filter")
+    assert mamba2.result("diagnostics/horizon").dims == ("layer", "head")
+    assert mamba2.result("mixing/L0").attrs["kind"] == "ssd_scan" and mamba2.metrics["conv_ablation"] == "no_conv"
 
     suite = open_run(out / "suite")
     assert suite.config["kind"] == "evaluation_suite"
     assert {"cells", "mechanism", "report"} <= set(suite.tables())
     mech = suite.table("mechanism")
-    assert list(mech["architecture"]) == ["transformer", "mamba", "bmojo"]
+    assert list(mech["architecture"]) == ["transformer", "mamba", "bmojo", "based", "h3", "hyena", "mamba2"]
     stored = dict(zip(*[suite.table("report")[c] for c in ("format", "content")]))
     html = (out / "report.html").read_text()
     assert stored["html"] == html and stored["markdown"] == (out / "report.md").read_text()
@@ -88,7 +105,9 @@ def test_report_is_self_contained_and_captioned(tiny):
     md = (out / "report.md").read_text()
     table = md.split("## Mechanism table", 1)[1].split("\n## ", 1)[0]
     rows = [l for l in table.splitlines() if l.startswith("| ") and "architecture" not in l]
-    assert [r.split("|")[1].strip() for r in rows] == ["transformer", "mamba", "bmojo"]
+    assert [r.split("|")[1].strip() for r in rows] == ["transformer", "mamba", "bmojo", "based", "h3", "hyena",
+                                                       "mamba2"]
+    assert "[no_shift]" in next(r for r in rows if r.startswith("| h3 "))  # H3's short conv is its shift SSM
     # captions come from the numbers: each names the models and quotes values
     acc = {k: r["acc"] for k, r in result.rows.items()}
     first = md.split("## Accuracy vs width", 1)[1].split("\n## ", 1)[0]
@@ -170,12 +189,15 @@ def test_suite_errors_name_the_field(tmp_path, change, message):
 def test_shipped_suites_load(tmp_path):
     root = Path(__file__).resolve().parents[1] / "examples" / "suites"
     quick, arora = load_suite(root / "quick.yaml"), load_suite(root / "arora-ar.yaml")
-    assert {c.family for c in quick.cells(tmp_path)} >= {"transformer", "mamba", "bmojo", "moe_mamba"}
+    families = ["transformer", "based", "mamba", "mamba2", "h3", "hyena"]
+    assert set(families + ["bmojo"]) <= {c.family for c in quick.cells(tmp_path)}
     assert len({c.width for c in quick.cells(tmp_path)}) == 2
     cells = arora.cells(tmp_path)
     assert arora.task_config == {"n_keys": 4096, "n_values": 4096, "n_pairs": 16}
-    assert {c.width for c in cells} == {16, 32, 64, 128, 256} and len({c.lr for c in cells}) >= 2
-    assert all(c.train["device"] == "cuda" and c.train["max_time_s"] for c in cells)
+    assert [c.family for c in cells] == [f for f in families for _ in (64, 128)]  # the Transformers first
+    assert {c.width for c in cells} == {64, 128}
+    assert all(c.train["device"] == "cuda" and c.train["max_time_s"] and c.gpus == 0.14 for c in cells)
+    assert arora.analysis.device == "train"  # the analyses run on the training GPU
     # the config hash names the model directory: an edited training config trains a new model
     a = suite_from_dict(TINY).cells(tmp_path)[0]
     b = suite_from_dict({**TINY, "train": {**TINY["train"], "steps": 21}}).cells(tmp_path)[0]
@@ -201,16 +223,6 @@ def test_answer_accuracy_equals_the_full_logits_reference():
         assert fast["acc"] == ref["acc"] and fast["loss"] == pytest.approx(ref["loss"], rel=1e-6), spec
 
 
-def test_process_engine_gives_the_same_numbers(tiny, tmp_path):
-    _, _, local = tiny
-    suite = suite_from_dict({**TINY, "models": TINY["models"][:2]})
-    result = run_suite(suite, tmp_path / "out", engine="processes", workers=2, progress=False, report=False)
-    assert not result.failed and len(result.rows) == 2
-    for key, row in result.rows.items():
-        for metric in ("acc", "loss", "assoc_queried_value", "iia_value_L1", "acc_no_conv"):
-            assert row.get(metric) == local.rows[key].get(metric), (key, metric)
-
-
 def test_deadline_leaves_cells_for_the_next_run(tmp_path):
     suite = suite_from_dict({**TINY, "models": TINY["models"][:2]})
     result = run_suite(suite, tmp_path / "out", deadline_s=0, progress=False)
@@ -228,3 +240,43 @@ def test_a_missing_library_stops_before_any_training(tmp_path, monkeypatch, caps
     suite = write_suite(tmp_path / "s.yaml", TINY)
     assert main(["evaluate", str(suite), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     assert "needs plotly" in capsys.readouterr().err and not (tmp_path / "out" / "models").exists()
+
+
+def test_overrides_and_engine_flags(tmp_path, capsys):
+    suite = write_suite(tmp_path / "s.yaml", TINY)
+    out = str(tmp_path / "out")
+    assert main(["evaluate", str(suite), "--out", out, "--gpus-per-task", "0.5"]) == 2
+    assert "--address and --gpus-per-task apply to --engine ray only" in capsys.readouterr().err
+    assert main(["evaluate", str(suite), "--out", out, "--set", "models[9].lr=1"]) == 2
+    assert "--set models[9].lr: no item [9] here" in capsys.readouterr().err
+    assert main(["evaluate", str(suite), "--out", out, "--set", "train.stepz=3"]) == 2
+    assert "suite.train: unknown training config field 'stepz' (did you mean steps?)" in capsys.readouterr().err
+    code = main(["evaluate", str(suite), "--out", out, "--no-progress", "--no-report", "--set", "models=[transformer]",
+                 "--set", "train.steps=5", "--set", "models[0].model_config.n_heads=4"])
+    assert code == 0 and [p.name for p in (tmp_path / "out" / "cells").iterdir()] == ["transformer-w16-lr0.003-s0"]
+    run = open_run(tmp_path / "out" / "cells" / "transformer-w16-lr0.003-s0")
+    assert run.metrics["train_steps"] == 5 and run.config["model_config"]["n_heads"] == 4
+
+
+def test_gpu_share_of_a_cell(tmp_path):
+    on_gpu = {**TINY, "train": {**TINY["train"], "device": "cuda"}}
+    assert {c.gpus for c in suite_from_dict(on_gpu).cells(tmp_path)} == {1.0}  # a GPU each by default
+    assert {c.gpus for c in suite_from_dict({**on_gpu, "resources": {"gpus": 0.25}}).cells(tmp_path)} == {0.25}
+    assert {c.gpus for c in suite_from_dict(TINY).cells(tmp_path)} == {0.0}  # on the CPU
+
+
+def test_gpu_suite_runs_end_to_end_with_tiny_overrides(tmp_path, capsys):
+    """examples/suites/arora-ar.yaml as the GPU command runs it, shrunk for this CPU with --set."""
+    suite = Path(__file__).resolve().parents[1] / "examples" / "suites" / "arora-ar.yaml"
+    tiny = ["widths=[16]", "train.device=cpu", "models[*].steps=8", "models[*].max_time_s=30", "task_config.n_keys=64",
+            "task_config.n_values=64", "train.batch_size=16", "train.eval_every=8", "train.eval_size=32",
+            "analysis.n_examples=8", "analysis.eval_size=32", "resources.gpus=0"]
+    args = ["evaluate", str(suite), "--out", str(tmp_path / "out"), "--deadline", "180", "--no-progress"]
+    assert main(args + [f"--set={t}" for t in tiny]) == 0
+    printed = capsys.readouterr().out
+    assert "6 of 6 cells finished" in printed
+    table = printed.split("Mechanism table", 1)[1]
+    assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][1:] == \
+        ["transformer", "based", "mamba", "mamba2", "h3", "hyena"]
+    cells = open_run(tmp_path / "out" / "suite").table("cells")
+    assert set(cells["status"]) == {"done"} and set(cells["train_steps"]) == {8}

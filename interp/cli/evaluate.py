@@ -1,6 +1,7 @@
 """``ssmlens evaluate``: the mechanistic evaluation of a suite of models in one command.
 
     ssmlens evaluate examples/suites/quick.yaml --out runs/eval-quick
+    ssmlens evaluate examples/suites/arora-ar.yaml --out runs/eval-arora --engine ray --gpus-per-task 0.125
 
 Trains every cell of the suite (or reuses a finished checkpoint with the same config
 hash), analyses each model (accuracy, interchange interventions by role × layer ×
@@ -8,7 +9,10 @@ component, the association test, the short-conv ablation, B'MOJO's memory, token
 matrices, SSM diagnostics), writes one run store per cell and the suite's run store
 with the report (``--out``/report.html, report.md). Re-running skips finished cells; a
 failed cell is recorded and the others go on (exit status 1 when any failed). The
-suite format is in ``ssmlens.probes.evaluation.suite``.
+suite format is in ``ssmlens.probes.evaluation.suite``. ``--engine ray`` runs each cell
+as a Ray task with its share of a GPU (``ssmlens.interp.engines``; ``--address`` joins a
+cluster); ``--set FIELD=VALUE`` overrides a field of the suite file (a dotted path, the
+value read as YAML; e.g. ``--set widths=[16] --set train.device=cpu``).
 """
 
 from __future__ import annotations
@@ -22,38 +26,44 @@ HELP = "train and analyse every model of a suite YAML; write run stores and an H
 def add_arguments(p) -> None:
     p.add_argument("suite", help="suite YAML file (e.g. examples/suites/quick.yaml)")
     p.add_argument("--out", required=True, help="output directory (models/, cells/, suite, report.html)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="cells run side by side in this many processes (default 1: one after another, here)")
-    p.add_argument("--gpus", type=int, default=None,
-                   help="with --workers > 1: spread the workers over this many GPUs (worker i uses GPU i mod N)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a field of the suite (dotted path into the YAML, value as YAML; repeatable), "
+                        "e.g. --set widths=[16] --set train.steps=50 --set models[0].lr=0.01")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per cell (default 1)")
     p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
-                   help="start no cell after this many seconds (running ones finish); the report covers what "
-                        "finished and the next run does the rest")
+                   help="start no cell after this many seconds from the command's start (running ones finish); "
+                        "the report covers what finished and the next run does the rest")
     p.add_argument("--no-report", dest="report", action="store_false", help="run the cells only")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    from ssmlens.interp.engines.cli import add_engine_arguments
+
+    add_engine_arguments(p)
 
 
 def run(args) -> int:
     import time
 
+    from ssmlens.interp.engines import EngineError
+    from ssmlens.interp.engines.cli import engine_options, start_engine
     from ssmlens.probes.evaluation import SuiteError, load_suite, run_suite
 
+    start = time.perf_counter()
     try:
-        suite = load_suite(args.suite)
-    except SuiteError as e:
+        suite = load_suite(args.suite, overrides=args.overrides)
+        engine = engine_options(args)
+    except (SuiteError, ValueError) as e:
         print(f"ssmlens evaluate: {e}", file=sys.stderr)
         return 2
-    if args.workers < 1 or args.threads < 1:
-        print("ssmlens evaluate: --workers and --threads must be >= 1", file=sys.stderr)
+    if args.threads < 1:
+        print("ssmlens evaluate: --threads must be >= 1", file=sys.stderr)
         return 2
-    start = time.perf_counter()
-    engine = "processes" if args.workers > 1 else "local"
     try:
-        result = run_suite(suite, args.out, engine=engine, workers=args.workers, devices=args.gpus,
-                           progress=args.progress, threads=args.threads, report=args.report,
-                           deadline_s=args.deadline)
-    except ImportError as e:
+        start_engine(engine)  # a wrong --address fails here, before anything is trained or written
+        # --deadline counts from the command's start (Ray's start included)
+        deadline = None if args.deadline is None else args.deadline - (time.perf_counter() - start)
+        result = run_suite(suite, args.out, engine=engine, progress=args.progress, threads=args.threads,
+                           report=args.report, deadline_s=deadline)
+    except (ImportError, EngineError) as e:
         print(f"ssmlens evaluate: {e}", file=sys.stderr)
         return 2
     n = len(suite.cells(args.out))

@@ -4,14 +4,13 @@
 - ``cell``: one cell (train or reuse, analyse, write its run store);
 - ``analyses``: what is measured on a trained model; ``interventions`` (interchange by
   role, association test), ``memory`` (B'MOJO), ``components`` (sites by hook name);
-- ``runner``: a local runner of independent cells (the interface of
-  ``ssmlens.interp.engines.run_cells``); ``suite_run``: resume, outcomes, the suite store;
+- ``suite_run``: resume, the cells run on an engine (``ssmlens.interp.engines.run_cells``:
+  local or Ray), outcomes, deadlines, the suite store;
 - ``summary``: the mechanism table. The report is ``ssmlens.probes.report``.
 """
 
-from ssmlens.probes.evaluation.runner import Cell, CellOutcome, run_cells
 from ssmlens.probes.evaluation.suite import AnalysisConfig, CellSpec, Suite, SuiteError, load_suite, suite_from_dict
 from ssmlens.probes.evaluation.suite_run import SuiteResult, run_suite
 
-__all__ = ["AnalysisConfig", "Cell", "CellOutcome", "CellSpec", "Suite", "SuiteError", "SuiteResult", "load_suite",
-           "run_cells", "run_suite", "suite_from_dict"]
+__all__ = ["AnalysisConfig", "CellSpec", "Suite", "SuiteError", "SuiteResult", "load_suite", "run_suite",
+           "suite_from_dict"]

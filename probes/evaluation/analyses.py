@@ -11,15 +11,16 @@ result                      what (module that computes it)
 ``association/<component>`` restored fraction ``(metric, layer, role)`` under key
                             corruption (``interventions.association_test``)
 ``ablation/acc``            accuracy ``(ablation,)``: none, no_conv, no_conv@l (when the
-                            model has a short conv)
+                            model has a short conv; H3: no_shift, ``SHORT_CONV_ABLATIONS``)
 ``memory/*``                B'MOJO only (``memory``): ``recall_vs_size``, ``writes``,
                             ``write_ablation``, ``attention``, ``write_patching``,
                             ``write_change``
 ``mixing/L<l>``             the token-mixing matrix ``(group, q, k)`` of example 0
                             (``ssmlens.probes.mixing``), float32
-``diagnostics/*``           SSM layers only (``ssmlens.probes.diagnostics``):
+``diagnostics/*``           SSM, H3 and Hyena layers (``ssmlens.probes.diagnostics``):
                             ``decay_quantiles (layer, quantile)``, ``radius (layer, pos)``,
-                            ``horizon (layer, channel)``, ``scalars (layer, stat)``
+                            ``horizon (layer, channel | head | filter)``,
+                            ``scalars (layer, stat)``
 ==========================  ===========================================================
 
 and ``metrics``, the numbers the suite's mechanism table is made of (``summary_row``).
@@ -64,19 +65,40 @@ def _accuracy(model, batch: TaskBatch, batch_size: int, ablation: str = "none") 
     return answer_accuracy(model, batch, batch_size, ablation)
 
 
+# The short convolution of each family and the ablation that removes it (the first that
+# applies): ``no_conv`` reduces a depthwise short conv to its current tap (Mamba, Mamba-2
+# with its x/B/C conv, MoE-Mamba, B'MOJO's SSM, Based's BaseConv, Hyena's short filter on
+# its gates and value); H3 has no such conv, its short-range mixing is the shift SSM on k
+# (a FIR of d_state taps), which ``no_shift`` removes (k̃ := k).
+SHORT_CONV_ABLATIONS = (("no_conv", "mixer.hook_conv"), ("no_shift", "mixer.hook_shift_out"))
+
+
+def short_conv_ablation(model) -> tuple[str, str] | None:
+    """(ablation name, hook kind) of ``model``'s short convolution, or None without one."""
+    for name, kind in SHORT_CONV_ABLATIONS:
+        try:
+            parse_ablation(name).bind(model).fwd_hooks()
+        except NotApplicable:
+            continue
+        return name, kind
+    return None
+
+
 def conv_ablation(model, batch: TaskBatch, batch_size: int, baseline: float | None = None) -> xr.DataArray | None:
-    """Accuracy without the short conv (``no_conv``: its kernel reduced to the current
-    tap), in every layer and in each alone; None for a model without one. ``baseline``:
-    the unablated accuracy on this batch when already known."""
-    try:
-        parse_ablation("no_conv").bind(model, batch).fwd_hooks()
-    except NotApplicable:
+    """Accuracy without the short conv (``SHORT_CONV_ABLATIONS``: ``no_conv``, the kernel
+    reduced to the current tap, or H3's ``no_shift``), in every layer and in each alone;
+    None for a model without one. ``baseline``: the unablated accuracy on this batch
+    when already known."""
+    found = short_conv_ablation(model)
+    if found is None:
         return None
-    layers = sorted({int(n.split(".")[1]) for n in model.hook_dict if n.endswith("mixer.hook_conv")})
-    specs = ["none", "no_conv"] + [f"no_conv@{l}" for l in layers]
+    name, kind = found
+    layers = sorted({int(n.split(".")[1]) for n in model.hook_dict if n.endswith(kind)})
+    specs = ["none", name] + [f"{name}@{l}" for l in layers]
     accs = [baseline if s == "none" and baseline is not None else _accuracy(model, batch, batch_size, s)["acc"]
             for s in specs]
-    return xr.DataArray(np.array(accs), dims=["ablation"], coords={"ablation": specs}, attrs={"metric": "acc"})
+    return xr.DataArray(np.array(accs), dims=["ablation"], coords={"ablation": specs},
+                        attrs={"metric": "acc", "ablation": name, "hook": kind})
 
 
 def mixing_results(model, tokens: torch.Tensor) -> dict[str, xr.DataArray]:
@@ -87,12 +109,19 @@ def mixing_results(model, tokens: torch.Tensor) -> dict[str, xr.DataArray]:
     for layer in range(len(model.blocks)):
         res = token_mixing(model, tokens, layer)
         m = res.matrix[0].float().cpu().numpy()
+        coords = {"k": res.labels(), **({res.group: res.group_labels} if res.group_labels else {})}
         out[f"mixing/L{layer}"] = xr.DataArray(
-            m, dims=[res.group, "q", "k"], coords={"k": res.labels()},
+            m, dims=[res.group, "q", "k"], coords=coords,
             attrs={"kind": res.kind, "group": res.group, "hook": res.hook,
+                   "reduce": "abs_mean" if res.signed else "mean",
                    "reproduce_rel_err": float((res.reproduce() - res.output.double()).norm()
                                               / res.output.double().norm().clamp_min(1e-300))})
     return out
+
+
+def _nanmax(values) -> float:
+    finite = [float(v) for v in values if np.isfinite(v)]
+    return max(finite) if finite else float("nan")
 
 
 def diagnostics_results(model, tokens: torch.Tensor) -> tuple[dict[str, xr.DataArray], dict]:
@@ -109,17 +138,18 @@ def diagnostics_results(model, tokens: torch.Tensor) -> tuple[dict[str, xr.DataA
                                                     coords={"layer": layers, "quantile": list(QUANTILES)}),
         "diagnostics/radius": xr.DataArray(np.stack([d.radius for d in diags]), dims=["layer", "pos"],
                                            coords={"layer": layers}),
-        "diagnostics/horizon": xr.DataArray(np.stack([d.horizon for d in diags]), dims=["layer", "channel"],
-                                            coords={"layer": layers}),
+        "diagnostics/horizon": xr.DataArray(np.stack([d.horizon for d in diags]), dims=["layer", diags[0].group],
+                                            coords={"layer": layers}, attrs={"kind": diags[0].kind}),
         "diagnostics/scalars": xr.DataArray(np.array([[d.scalars()[s] for s in stats] for d in diags]),
                                             dims=["layer", "stat"], coords={"layer": layers, "stat": stats}),
     }
     summary = {
         "diag_median_horizon": float(np.median(np.concatenate([d.horizon for d in diags]))),
         "diag_max_horizon": float(max(d.horizon.max() for d in diags)),
-        "diag_abscissa": float(max(d.abscissa for d in diags)),
+        "diag_abscissa": _nanmax([d.abscissa for d in diags]),
         "diag_input_share": float(np.mean([d.input_share for d in diags])),
         "diag_median_decay_rate": float(np.median([d.decay_quantiles[len(QUANTILES) // 2] for d in diags])),
+        "diag_kind": diags[0].kind,
     }
     return out, summary
 
@@ -159,7 +189,8 @@ def analyse(model, task: str, task_config: dict, cfg: AnalysisConfig, progress: 
             conv = conv_ablation(model, held_out, cfg.batch_size, baseline=m["acc"])
             if conv is not None:
                 out.results["ablation/acc"] = conv
-                m["acc_no_conv"] = float(conv.sel(ablation="no_conv"))
+                m["acc_no_conv"] = float(conv.sel(ablation=conv.attrs["ablation"]))
+                m["conv_ablation"] = conv.attrs["ablation"]
         elif step == "memory" and memory.has_memory(model):
             _memory(model, clean, held_out, cfg, out)
         elif step == "mixing":

@@ -13,7 +13,9 @@ directory ``out``:
   Its config's ``fingerprint`` (checkpoint sha256, training config hash, analysis
   config, ``ANALYSIS_VERSION``) tells a finished cell from a stale one.
 
-It returns the cell's summary row (a dict of numbers and strings).
+It returns the cell's summary row (a dict of numbers and strings). ``cell_task`` is what
+the suite hands to an engine: ``run_cell`` unless the suite's deadline has passed when
+the cell starts.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ import torch
 from ssmlens.interp.training.checkpointing import RunDir, is_model_checkpoint
 from ssmlens.interp.training.config import TrainConfig
 
+# The result of a cell that found the suite's deadline passed when it started.
+NOT_STARTED = "not_started"
 # Raised whenever what the analyses compute or store changes: older cell stores are redone.
-ANALYSIS_VERSION = 2
+ANALYSIS_VERSION = 3
 CELL_KIND = "evaluation_cell"
 
 
@@ -165,3 +169,12 @@ def run_cell(*, out: str, spec: dict, task: str, task_config: dict, analysis: di
         w.write_table("summary", pd.DataFrame([{k: v for k, v in row.items() if not isinstance(v, list)}]))
         w.set_metrics(row)
     return row
+
+
+def cell_task(*, deadline: float | None = None, **kwargs) -> dict:
+    """An engine's cell: ``run_cell(**kwargs)``, or ``{NOT_STARTED: True}`` at once when the
+    suite's ``deadline`` (a ``time.time()`` instant) has passed as the cell starts (on
+    Ray, cells queued behind others start late: the rule is the same on every engine)."""
+    if deadline is not None and time.time() >= deadline:
+        return {NOT_STARTED: True}
+    return run_cell(**kwargs)

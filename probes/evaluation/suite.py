@@ -20,7 +20,9 @@ A suite says which models to train on which task, and how to analyse them::
         lr: [3.0e-3, 1.0e-2]      # any TrainConfig field may be given per entry
         device: cuda
     analysis: {n_examples: 64}    # see AnalysisConfig
-    resources: {gpus: 0.25, cpus: 1}   # per cell (an engine's share; an entry may override)
+    resources: {gpus: 0.25, cpus: 1}   # per cell, what a Ray task asks for (an entry may override;
+                                       # default gpus: 1 for a cell on a GPU device, 0 on the CPU;
+                                       # ``--gpus-per-task`` overrides every cell's)
 
 Every (entry, width, lr, seed) is a *cell*: one model trained (or reused) and
 analysed, written to its own directories (``ssmlens.probes.evaluation.cell``). A cell's key
@@ -36,6 +38,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,7 +83,8 @@ class AnalysisConfig:
     eval_size: int = 1000
     seed: int = 1234
     roles: list = field(default_factory=lambda: ["queried_key", "queried_value", "query", "last"])
-    components: list = field(default_factory=lambda: ["resid", "mixer", "state", "attn_k", "attn_v", "conv"])
+    components: list = field(default_factory=lambda: ["resid", "mixer", "state", "long_conv", "attn_k", "attn_v",
+                                                      "conv"])
     memory_sizes: list = field(default_factory=lambda: [0, 1, 2, 4, 8])
     threshold: float = 0.5
     recall_threshold: float = 0.9
@@ -162,9 +166,11 @@ class Suite:
                                   "model_config": e["model_config"], "out_dir": str(out / "models")}
                         h = config_hash(fields)
                         fields["name"] = f"{key}-{h}"
+                        train = TrainConfig.from_dict(fields).to_dict()
+                        # a training on a GPU asks for one unless the suite gives its share
+                        on_gpu = str(train.get("device", "cpu")).startswith("cuda")
                         cells.append(CellSpec(key, e["family"], e["name"], int(width), float(lr), int(seed),
-                                              TrainConfig.from_dict(fields).to_dict(), h,
-                                              float(e["resources"].get("gpus", 0.0)),
+                                              train, h, float(e["resources"].get("gpus", 1.0 if on_gpu else 0.0)),
                                               float(e["resources"].get("cpus", 1.0))))
         return cells
 
@@ -283,8 +289,73 @@ def suite_from_dict(d: dict) -> Suite:
     return Suite(name, task, task_config, entries, analysis, source=json.loads(json.dumps(d, default=str)))
 
 
-def load_suite(path: str | Path) -> Suite:
-    """Read and check a suite YAML file (module docstring)."""
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(-?\d+|\*)\]")
+
+
+def apply_overrides(d: dict, overrides: list[str]) -> dict:
+    """A copy of the suite mapping ``d`` with each ``FIELD=VALUE`` set: FIELD a dotted path
+    (``train.steps``, ``models[2].lr``, ``models[*].max_time_s`` for every entry,
+    ``widths``), VALUE parsed as YAML (``[16, 32]``, ``1.0e-3``, ``cpu``). Mappings on the
+    way are created; list items must exist."""
+    import copy
+
+    import yaml
+
+    d = copy.deepcopy(d)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        parts = [(m.group(1), m.group(2)) for m in _PATH_PART.finditer(key)]
+        rebuilt = "".join(f".{n}" if n is not None else f"[{i}]" for n, i in parts).lstrip(".")
+        if not sep or not parts or rebuilt != key:
+            raise SuiteError(f"--set expects FIELD=VALUE with FIELD a dotted path such as train.steps or "
+                             f"models[0].lr, got {item!r}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise SuiteError(f"--set {key}: cannot parse the value {text!r}: {e}") from None
+        _set(d, parts, value, key)
+    return d
+
+
+def _set(node: Any, parts: list, value: Any, key: str) -> None:
+    """Set ``value`` at the path ``parts`` ((name, None) or (None, index | "*")) under ``node``."""
+    (name, index), rest = parts[0], parts[1:]
+    if name is not None:
+        if not isinstance(node, dict):
+            raise SuiteError(f"--set {key}: {name!r} is not a field of a mapping here")
+        if not rest:
+            node[name] = copy_value(value)
+            return
+        child = node.setdefault(name, [] if rest[0][1] is not None else {})
+        _set(child, rest, value, key)
+        return
+    if not isinstance(node, list):
+        raise SuiteError(f"--set {key}: [{index}] indexes a list, but this is not one")
+    if index == "*":
+        targets = range(len(node))
+    elif -len(node) <= int(index) < len(node):
+        targets = [int(index)]
+    else:
+        raise SuiteError(f"--set {key}: no item [{index}] here")
+    for i in targets:
+        if not rest:
+            node[i] = copy_value(value)
+            continue
+        if isinstance(node[i], str):  # "mamba" stands for {family: mamba}
+            node[i] = {"family": node[i]}
+        _set(node[i], rest, value, key)
+
+
+def copy_value(value: Any) -> Any:
+    import copy
+
+    return copy.deepcopy(value)  # one value set at several places must not be shared
+
+
+def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
+    """Read and check a suite YAML file (module docstring), with ``overrides``
+    (``apply_overrides``: ``["train.steps=50", "widths=[16]"]``) applied first."""
     import yaml
 
     path = Path(path)
@@ -294,4 +365,8 @@ def load_suite(path: str | Path) -> Suite:
         d = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise SuiteError(f"cannot parse suite file {path}: {e}") from None
+    if overrides:
+        if not isinstance(d, dict):
+            raise SuiteError(f"a suite is a mapping, got {type(d).__name__}")
+        d = apply_overrides(d, overrides)
     return suite_from_dict(d)

@@ -14,6 +14,17 @@ Layout under the output directory ``out``::
 A cell whose store is complete with the fingerprint its model and analysis config
 give is not run again; a failed cell is recorded (status, error) and retried on the
 next run. The report is rebuilt only when some cell changed.
+
+The cells run on an engine of ``ssmlens.interp.engines`` (``run_cells``): ``local``, one
+after another in this process, or ``ray``, each cell a Ray task with its share of a GPU
+(``Cell.gpus``: the suite's ``resources.gpus``; by default 1 for a cell that trains on a
+GPU, 0 on the CPU; ``gpus_per_task`` overrides it), on this machine or a cluster. A
+cell writes only its own directories (its model, its cell store); only this process,
+the coordinator, writes ``cells.jsonl`` and the suite's store, as cells finish. A cell
+that raised or whose worker died is run again ``retries`` times (a training resumes
+from its last checkpoint), then recorded as failed. A deadline is checked by each cell
+when it starts (``cell.cell_task``): one that would start later returns at once and is
+"not run" (the next run of the suite does it), so the same rule holds on every engine.
 """
 
 from __future__ import annotations
@@ -27,8 +38,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ssmlens.probes.evaluation.cell import expected_fingerprint, finished_summary, run_cell
-from ssmlens.probes.evaluation.runner import Cell, CellOutcome
+from ssmlens.interp.engines import Cell, CellOutcome, run_cells
+from ssmlens.probes.evaluation import cell as cell_module
+from ssmlens.probes.evaluation.cell import NOT_STARTED, expected_fingerprint, finished_summary
 from ssmlens.probes.evaluation.suite import Suite, load_suite
 
 SUITE_KIND = "evaluation_suite"
@@ -39,7 +51,7 @@ REPORT_VERSION = 3
 class SuiteResult:
     out: Path
     rows: dict[str, dict]  # key -> summary row of every finished cell
-    outcomes: dict[str, CellOutcome]  # key -> outcome (finished before: status "done")
+    outcomes: dict[str, CellOutcome]  # key -> outcome (finished before: status "done"); not run: absent
     skipped: list[str] = field(default_factory=list)  # cells finished before this run
     report_html: Path | None = None
     report_md: Path | None = None
@@ -50,23 +62,19 @@ class SuiteResult:
         return {k: o.error or "" for k, o in self.outcomes.items() if o.status == "failed"}
 
 
-# ---- the execution engine: the one place to swap in ssmlens.interp.engines.run_cells ---------
-# When the Ray engine (issue 17) lands, replace the body by
-#     from ssmlens.interp.engines import run_cells
-#     return run_cells(cells, engine=engine, progress=progress, desc=desc, on_result=on_result, retries=0)
-# and let the CLI's --engine choose "local" / "ray" (``workers`` is this runner's process pool).
-def execute(cells: list[Cell], *, engine: str = "local", workers: int = 1, devices: int | None = None,
-            deadline_s: float | None = None, progress: bool = True, desc: str = "evaluation suite",
-            on_result=None) -> dict[str, CellOutcome]:
-    from ssmlens.probes.evaluation.runner import run_cells
+def _error_text(outcome: CellOutcome) -> str:
+    """The one-line error and the last lines of its traceback (the report shows both)."""
+    tail = (outcome.detail or "").strip().splitlines()[-6:]
+    return "\n".join([outcome.error or "", *tail]) if tail else (outcome.error or "")
 
-    return run_cells(cells, engine=engine, workers=workers, devices=devices, deadline_s=deadline_s,
-                     progress=progress, desc=desc, on_result=on_result, retries=0)
-# ------------------------------------------------------------------------------------------------
+
+def _not_started(outcome: CellOutcome) -> bool:
+    return outcome.status == "done" and isinstance(outcome.result, dict) and bool(outcome.result.get(NOT_STARTED))
 
 
 def _append_log(path: Path, outcome: CellOutcome) -> None:
     record = {"key": outcome.key, "status": outcome.status, "error": outcome.error,
+              "attempts": outcome.attempts, "seconds": round(outcome.seconds, 2),
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if isinstance(outcome.result, dict):
         record.update({k: outcome.result.get(k) for k in ("acc", "locus", "train_steps") if k in outcome.result})
@@ -103,25 +111,32 @@ def _check_dependencies(report: bool) -> None:
                           + ("; --no-report skips the report's plotly" if missing == ["plotly"] else ""))
 
 
-def run_suite(suite: Suite | str | Path, out: str | Path, *, engine: str = "local", workers: int = 1,
-              devices: int | None = None, progress: bool = True, threads: int | None = 1,
-              report: bool = True, deadline_s: float | None = None) -> SuiteResult:
-    """Run (or resume) ``suite`` into ``out`` (module docstring). engine "local": the cells
-    one after another in this process; "processes": ``workers`` processes side by side
-    (spread over ``devices`` GPUs when given). threads: torch CPU threads per cell.
-    deadline_s: start no cell after this many seconds; the report covers what finished
-    (the others are "not run", and the next run does them)."""
+def run_suite(suite: Suite | str | Path, out: str | Path, *, engine: str | dict = "local",
+              address: str | None = None, gpus_per_task: float | None = None, retries: int = 1,
+              progress: bool = True, threads: int | None = 1, report: bool = True,
+              deadline_s: float | None = None) -> SuiteResult:
+    """Run (or resume) ``suite`` into ``out`` (module docstring).
+
+    engine: "local" or "ray" (or a dict of ``run_cells`` options, as ``run_study`` takes:
+    ``{"engine": "ray", "gpus_per_task": 0.25}``); address, gpus_per_task, retries: those
+    of ``ssmlens.interp.engines.run_cells``. threads: torch CPU threads per cell.
+    deadline_s: no cell starts after this many seconds (running ones finish); the report
+    covers what finished, the others are "not run" and the next run does them."""
+    options = dict(engine) if isinstance(engine, dict) else {"engine": engine}
+    options = {"address": address, "gpus_per_task": gpus_per_task, "retries": retries, **options}
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
     _check_dependencies(report)
-    out = Path(out)
+    out = Path(out).absolute()  # workers (other processes, other hosts) get absolute paths
     out.mkdir(parents=True, exist_ok=True)
     analysis = suite.analysis.to_dict()
     specs = suite.cells(out)
     rows: dict[str, dict] = {}
     outcomes: dict[str, CellOutcome] = {}
     todo, skipped = [], []
-    quiet = progress and (engine != "local" and workers > 1)  # bars of parallel workers would interleave
+    # per-cell bars only when cells run here one at a time (Ray workers' bars would interleave)
+    cell_bars = progress and options["engine"] == "local"
+    deadline = None if deadline_s is None else time.time() + float(deadline_s)
     for spec in specs:
         d = dataclasses.asdict(spec)
         expected = expected_fingerprint(d, analysis)
@@ -131,16 +146,24 @@ def run_suite(suite: Suite | str | Path, out: str | Path, *, engine: str = "loca
             outcomes[spec.key] = CellOutcome(spec.key, "done", done)
             skipped.append(spec.key)
             continue
-        todo.append(Cell(spec.key, run_cell, dict(
+        # cell_task is looked up here, not bound at import, so that a test can wrap it
+        todo.append(Cell(spec.key, cell_module.cell_task, dict(
             out=str(out), spec=d, task=suite.task, task_config=suite.task_config, analysis=analysis,
-            suite=suite.name, progress=progress and not quiet, threads=threads), gpus=spec.gpus, cpus=spec.cpus))
+            suite=suite.name, progress=cell_bars, threads=threads, deadline=deadline),
+            gpus=spec.gpus, cpus=spec.cpus))
     log = out / "cells.jsonl"
     if todo:
-        ran = execute(todo, engine=engine, workers=workers, devices=devices, deadline_s=deadline_s,
-                      progress=progress,
-                      desc=f"suite {suite.name} ({len(todo)} of {len(specs)} cells to run)",
-                      on_result=lambda o: _append_log(log, o))
+        def finished(outcome: CellOutcome) -> None:  # in this process, as each cell ends
+            if not _not_started(outcome):
+                _append_log(log, outcome)
+
+        ran = run_cells(todo, progress=progress, desc=f"suite {suite.name} ({len(todo)} of {len(specs)} cells to run)",
+                        on_result=finished, **options)
         for key, outcome in ran.items():
+            if _not_started(outcome):
+                continue
+            if outcome.status == "failed":
+                outcome.error = _error_text(outcome)
             outcomes[key] = outcome
             if outcome.status == "done":
                 rows[key] = outcome.result

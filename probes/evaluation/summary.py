@@ -12,7 +12,8 @@ learning rate), with
 - ``value_iia_last``: IIA of the value position's residual stream at the last block's
   input (does the last block still read the answer from the value's position?);
 - ``conv_dependence``: (acc − acc without short conv) / (acc − chance), clipped to
-  [0, 1]; "—" without a short conv; ``conv_binds_value``: restored fraction when the
+  [0, 1]; "—" without a short conv (``conv_ablation`` names the ablation: ``no_conv``, or
+  ``no_shift`` for H3, whose short-range mixing is its shift SSM); ``conv_binds_value``: restored fraction when the
   clean short-conv output at the value position is patched into the key-corrupted run
   (the conv binds the key into the value's position: induction through the conv);
 - ``memory_share``: B'MOJO's share of recall through its eidetic memory (``memory``);
@@ -74,7 +75,7 @@ def mechanism_table(cells: pd.DataFrame, analysis: AnalysisConfig) -> pd.DataFra
             "assoc_value": float(_get(r, "assoc_queried_value")), "assoc_key": float(_get(r, "assoc_queried_key")),
             "assoc_query": float(_get(r, "assoc_query")),
             "value_iia_last": float(_get(r, f"iia_value_L{int(_get(r, 'locus_layer', 0))}")),
-            "acc_no_conv": float(_get(r, "acc_no_conv")),
+            "acc_no_conv": float(_get(r, "acc_no_conv")), "conv_ablation": str(_get(r, "conv_ablation", "")),
             "conv_dependence": conv_dependence(acc, float(_get(r, "acc_no_conv")), chance),
             "conv_binds_value": float(_get(r, "assoc_conv_value")) if enough else float("nan"),
             "memory_share": float(_get(r, "memory_share")),
@@ -83,7 +84,7 @@ def mechanism_table(cells: pd.DataFrame, analysis: AnalysisConfig) -> pd.DataFra
         })
     return pd.DataFrame(rows, columns=[
         "architecture", "family", "width", "lr", "cells", "accuracy", "chance", "recalls", "association",
-        "assoc_value", "assoc_key", "assoc_query", "value_iia_last", "acc_no_conv", "conv_dependence",
+        "assoc_value", "assoc_key", "assoc_query", "value_iia_last", "acc_no_conv", "conv_ablation", "conv_dependence",
         "conv_binds_value", "memory_share", "median_horizon", "delta_input_share"])
 
 
@@ -120,6 +121,8 @@ def mechanism_rows(mech: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             assoc += f" ({_fmt(r['assoc_value'])} / {_fmt(r['assoc_key'])} / {_fmt(r['assoc_query'])})"
         conv = "—" if not np.isfinite(r["acc_no_conv"]) else \
             f"{_fmt(r['acc_no_conv'], True)} ({_fmt(r['conv_dependence'])}; {_fmt(r['conv_binds_value'])})"
+        if conv != "—" and r.get("conv_ablation") not in (None, "", "no_conv"):
+            conv += f" [{r['conv_ablation']}]"  # H3: its shift SSM is the short conv
         rows.append([r["architecture"], str(r["width"]), f"{r['lr']:g}", _fmt(r["accuracy"], True), assoc,
                      _fmt(r["value_iia_last"]), conv, _fmt(r["memory_share"], True),
                      _fmt(r["median_horizon"]) if np.isfinite(r["median_horizon"]) else "—",
