@@ -22,13 +22,25 @@ class CheckpointError(RuntimeError):
 
 
 def weights_digest(directory: str | Path) -> str:
-    """sha256 of a checkpoint's weights file: tells a retrained checkpoint at the same
-    path from the one a stored result was computed on."""
+    """sha256 of a checkpoint's tensors (names, dtypes, shapes and bytes, in name order):
+    tells a retrained checkpoint at the same path from the one a stored result was
+    computed on. Not of the file's bytes: safetensors' header order can differ between
+    processes for the same weights."""
+    from safetensors import safe_open
+
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_FILE} in checkpoint directory {directory}")
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    digest = hashlib.sha256()
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for name in sorted(f.keys()):
+                t = f.get_tensor(name).contiguous()
+                digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+                digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    except Exception as e:  # safetensors raises its own error types for truncated files
+        raise CheckpointError(f"corrupt weights file {path}: {e}") from None
+    return digest.hexdigest()
 
 
 def save_model(model, directory: str | Path) -> Path:

@@ -66,3 +66,23 @@ def test_build_model_names_bad_fields():
         build_model("transformer", d_model=16, n_heads=3)
     with pytest.raises(ValueError, match="d_state must be >= 1"):
         build_model("mamba", d_state=0)
+
+
+def test_weights_digest_depends_on_the_tensors_not_the_file_layout(tmp_path):
+    """Same tensors written in another order give the same digest; one changed value
+    gives another."""
+    from safetensors.torch import save_file
+
+    from ssmlens.models.checkpoint import WEIGHTS_FILE, weights_digest
+
+    a, b = torch.randn(3, 4), torch.arange(5, dtype=torch.bfloat16)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    (tmp_path / "z").mkdir()
+    save_file({"a": a, "b": b}, str(tmp_path / "x" / WEIGHTS_FILE))
+    save_file({"b": b, "a": a}, str(tmp_path / "y" / WEIGHTS_FILE), metadata={"note": "other header"})
+    changed = a.clone()
+    changed[1, 2] += 1
+    save_file({"a": changed, "b": b}, str(tmp_path / "z" / WEIGHTS_FILE))
+    assert weights_digest(tmp_path / "x") == weights_digest(tmp_path / "y")
+    assert weights_digest(tmp_path / "x") != weights_digest(tmp_path / "z")
