@@ -8,7 +8,8 @@ For each of mamba-130m, mamba-1.4b, mamba2-1.3b and pythia-1.4b (the published s
    ``save_pretrained`` (config.json + model.safetensors);
 2. ``ssmlens.load_model(dir, dtype=torch.bfloat16, device="cuda")``;
 3. logits of ours (bf16) vs transformers' (the same bf16 weights, and the fp32 model
-   before rounding) on 2 × 32 tokens: relative error printed, > 5e-2 fails;
+   before rounding) on 2 × 32 tokens, printed; the check (> 5e-2 fails) is ours vs
+   transformers' in fp32 on the written weights (random deep models amplify bf16 rounding);
 4. ``ssmlens cache`` (the CLI, in this process) over the ``repeated_tokens`` prompt set,
    ``--n`` prompts of ``--seq-len`` tokens (default 1024 × 1024 = 1,048,576 tokens),
    forwards of ``--token-budget`` tokens, with progress; the hooks per model are
@@ -73,6 +74,8 @@ def check_logits(name: str, path: Path, device: str, dtype: torch.dtype) -> dict
         hf = hf.to(dtype)
         ref = hf(tokens).logits.float()
     hf.save_pretrained(path)
+    with torch.no_grad():  # the written (rounded) weights in fp32 arithmetic: the correctness reference
+        ref_same32 = hf.float()(tokens).logits.float()
     del hf
     written = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -81,9 +84,17 @@ def check_logits(name: str, path: Path, device: str, dtype: torch.dtype) -> dict
     with torch.no_grad():
         got = ours(tokens).float()
     n_params = sum(p.numel() for p in ours.parameters())
-    out = {"params": n_params, "write_s": written, "load_s": loaded, "rel_err_vs_hf_same_dtype": rel_err(got, ref),
-           "rel_err_vs_hf_fp32": rel_err(got, ref32), "hf_dtype_vs_fp32": rel_err(ref, ref32)}
     del ours
+    ours32 = load_model(path, dtype=torch.float32, device=device)
+    with torch.no_grad():
+        got32 = ours32(tokens).float()
+    # Random weights at these depths amplify rounding: transformers' own bf16 and fp32 runs
+    # can differ by O(1) there (seen on an H200 for the Mamba sizes), so bf16 comparisons are
+    # reported, and correctness is checked in fp32 on the same (written) weights.
+    out = {"params": n_params, "write_s": written, "load_s": loaded, "rel_err_vs_hf_same_dtype": rel_err(got, ref),
+           "rel_err_vs_hf_fp32": rel_err(got, ref32), "hf_dtype_vs_fp32": rel_err(ref, ref32),
+           "fp32_rel_err_same_weights": rel_err(got32, ref_same32)}
+    del ours32
     if device == "cuda":
         torch.cuda.empty_cache()
     return out
@@ -158,9 +169,10 @@ def main() -> int:
             print(f"[{name}] {c['params'] / 1e6:.1f}M params; written in {c['write_s']:.1f} s, loaded in "
                   f"{c['load_s']:.1f} s; logits rel. err vs transformers {args.dtype}: "
                   f"{c['rel_err_vs_hf_same_dtype']:.2e}, vs its fp32: {c['rel_err_vs_hf_fp32']:.2e} "
-                  f"(transformers {args.dtype} vs fp32: {c['hf_dtype_vs_fp32']:.2e})", flush=True)
-            if not c["rel_err_vs_hf_same_dtype"] < MAX_REL_ERR:
-                raise RuntimeError(f"logits differ from transformers' by {c['rel_err_vs_hf_same_dtype']:.2e}")
+                  f"(transformers {args.dtype} vs fp32: {c['hf_dtype_vs_fp32']:.2e}); fp32 on the written weights: "
+                  f"{c['fp32_rel_err_same_weights']:.2e}", flush=True)
+            if not c["fp32_rel_err_same_weights"] < MAX_REL_ERR:
+                raise RuntimeError(f"fp32 logits differ from transformers' by {c['fp32_rel_err_same_weights']:.2e}")
             entry["cache"] = []
             for i, (hooks, positions) in enumerate(workloads[name]):
                 m = run_cache(path, work / f"{name}-store{i}", hooks, positions, args)
