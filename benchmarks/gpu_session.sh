@@ -36,6 +36,7 @@ fi
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 EVAL_ENGINE=(--engine ray --gpus-per-task 0.14)
+python3 -c "import plotly" 2>/dev/null || EVAL_ENGINE+=(--no-report)  # carry plotly + narwhals for the report
 if ! timeout 60 python3 -c "import ray; ray.init(num_cpus=1, include_dashboard=False); ray.get(ray.put(1))" \
     > "$OUT/ray_check.log" 2>&1; then  # no Ray here: the suite one cell after another, shortened
   echo "=== Ray does not start (see ray_check.log): evaluate on the local engine, 40 s trainings, width 64"
