@@ -13,8 +13,8 @@ the cache:
   window's own keys are written over them, and a query at t sees keys s ≤ t;
 - B'MOJO memory: fading tokens and writes of every position (``memory.hook_fading``
   / ``hook_write``), the innovation errors recomputed from the cached block input;
-- Switch MoE: the experts of every position (``moe.hook_expert``), so capacity
-  counts and the length-dependent capacity are those of the whole sequence.
+- Switch MoE: the experts of every position (``moe.hook_expert``), so the
+  first-come capacity counts of the window's positions are those of the sequence.
 
 Cheap sequential quantities (innovation running means, B'MOJO memory selection, MoE
 capacity) are recomputed over the whole sequence with the window's values written

@@ -16,7 +16,8 @@ Work is skipped only where the result is known exactly:
   the row is the base run itself, whose metrics are copied.
 - *causality* (``causal=True``, every ssmlens model): positions after an example's
   last metric position cannot change its metrics, so patches there are not run.
-  (Sequences are not cut short: a layer may depend on the length, e.g. MoE capacity.)
+  (Sequences are not cut short; every model is prefix-consistent, tests/test_every_model.py,
+  so this is a cost choice, not a correctness one.)
 - *resuming at a block and a position* (``ssmlens.probes.resumed``, ``ssmlens.models.resume``; every
   model in ``models/``: Mamba, Transformer, B'MOJO, MoE-Mamba): a row whose site is
   in block l and whose first changed position is p computes only positions p … q

@@ -178,7 +178,7 @@ def test_moe_mamba_patching(batches):
     _, clean, corr = batches
     torch.manual_seed(0)
     model = sharpen(moe.MoEMamba(vocab_size=batches[0].vocab_size, d_model=16, n_layers=2, n_experts=4,
-                                 capacity_factor=1.0, d_state=4))  # C = 4 at L = 13, 3 at 11
+                                 capacity_factor=1.0, d_state=4))  # first-come capacity ceil(cf·(t+1)/E)
     hooks = "resid_pre,moe.hook_expert_out,ssm_state"
     ref = patching_sweep_reference(model, clean, corr, hooks, "all")
     fast = patching_sweep(model, clean, corr, hooks, "all", chunk_rows=11, progress=False)
