@@ -5,6 +5,7 @@ bugs keep their traceback."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 import subprocess
 
 import pytest
@@ -53,6 +54,9 @@ def work(tmp_path, monkeypatch):
     (tmp_path / "afile").write_text("in the way")
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+SUITES = Path(__file__).resolve().parents[1] / "examples" / "suites"
 
 
 def corrupt_copy(trained, dest):
@@ -157,6 +161,16 @@ def test_ablate_errors(capsys, work):
     before = snapshot(work)
     fails(capsys, ["ablate", "nope.yaml", "--out", "o"], 2, "study file not found", "nope.yaml")
     fails(capsys, ["ablate", "study.yaml", "--out", "o"], 2, "study.yaml")
+    assert snapshot(work) == before
+
+
+def test_evaluate_errors(capsys, work):
+    (work / "suite.yaml").write_text("name: s\ntask: ar\nbogus: 1\n")
+    before = snapshot(work)
+    fails(capsys, ["evaluate", "nope.yaml", "--out", "o"], 2, "suite file not found", "nope.yaml")
+    fails(capsys, ["evaluate", "suite.yaml", "--out", "o"], 2, "suite.yaml")
+    fails(capsys, ["evaluate", str(SUITES / "quick.yaml"), "--out", "afile/sub"], 2, "afile/sub")
+    fails(capsys, ["evaluate", str(SUITES / "quick.yaml"), "--out", "o", "--threads", "0"], 2, "--threads")
     assert snapshot(work) == before
 
 

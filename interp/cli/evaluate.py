@@ -43,29 +43,28 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import time
 
-    from ssmlens.interp.engines import EngineError
+    from ssmlens.interp.cli import UsageError
+    from ssmlens.interp.cli._checks import require_input, writable_dir
     from ssmlens.interp.engines.cli import engine_options, start_engine
-    from ssmlens.probes.evaluation import SuiteError, load_suite, run_suite
+    from ssmlens.probes.evaluation import load_suite, run_suite
 
+    # errors (SuiteError is a ValueError, EngineError, a missing library) go through the
+    # CLI's one error path: one line, exit 2, nothing written
     start = time.perf_counter()
-    try:
-        suite = load_suite(args.suite, overrides=args.overrides)
-        engine = engine_options(args)
-    except (SuiteError, ValueError) as e:
-        print(f"ssmlens evaluate: {e}", file=sys.stderr)
-        return 2
+    require_input(args.suite, "suite file")
+    suite = load_suite(args.suite, overrides=args.overrides)
+    engine = engine_options(args)
     if args.threads < 1:
-        print("ssmlens evaluate: --threads must be >= 1", file=sys.stderr)
-        return 2
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    writable_dir(args.out, "--out")  # a suite there is resumed, not refused
+    start_engine(engine)  # a wrong --address fails here, before anything is trained or written
+    # --deadline counts from the command's start (Ray's start included)
+    deadline = None if args.deadline is None else args.deadline - (time.perf_counter() - start)
     try:
-        start_engine(engine)  # a wrong --address fails here, before anything is trained or written
-        # --deadline counts from the command's start (Ray's start included)
-        deadline = None if args.deadline is None else args.deadline - (time.perf_counter() - start)
         result = run_suite(suite, args.out, engine=engine, progress=args.progress, threads=args.threads,
                            report=args.report, deadline_s=deadline)
-    except (ImportError, EngineError) as e:
-        print(f"ssmlens evaluate: {e}", file=sys.stderr)
-        return 2
+    except ImportError as e:  # checked before any training: a library the suite needs is missing
+        raise UsageError(str(e)) from None
     n = len(suite.cells(args.out))
     not_run = n - len(result.outcomes)
     print(f"\n{len(result.rows)} of {n} cells finished ({len(result.skipped)} reused from an earlier run"

@@ -365,8 +365,11 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
         d = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise SuiteError(f"cannot parse suite file {path}: {e}") from None
-    if overrides:
-        if not isinstance(d, dict):
-            raise SuiteError(f"a suite is a mapping, got {type(d).__name__}")
-        d = apply_overrides(d, overrides)
-    return suite_from_dict(d)
+    try:
+        if overrides:
+            if not isinstance(d, dict):
+                raise SuiteError(f"a suite is a mapping, got {type(d).__name__}")
+            d = apply_overrides(d, overrides)
+        return suite_from_dict(d)
+    except SuiteError as e:  # name the file the field is in
+        raise SuiteError(f"{path}: {e}") from None
