@@ -4,6 +4,7 @@ one complete patching store per model that the dashboard lists, and reuses them.
 import pytest
 
 import ssmlens.interp.demo_train as demo_train
+from helpers import written_ns
 from ssmlens.interp.cli import main
 from ssmlens.interp.store import list_runs, open_run
 
@@ -29,9 +30,9 @@ def test_demo_writes_stores_and_reuses_them(tmp_path, tiny_demo, capsys):
     listed = {info.run_id for info in list_runs(tmp_path) if info.complete}
     assert {f"demo/{name}" for name in tiny_demo} <= listed
 
-    stamps = {name: open_run(tmp_path / "demo" / name).attrs.get("created_at") for name in tiny_demo}
+    stamps = {name: written_ns(tmp_path / "demo" / name) for name in tiny_demo}
     assert main(["demo", "--runs", str(tmp_path), "--examples", "8", "--no-serve"]) == 0
-    again = {name: open_run(tmp_path / "demo" / name).attrs.get("created_at") for name in tiny_demo}
+    again = {name: written_ns(tmp_path / "demo" / name) for name in tiny_demo}
     assert again == stamps  # finished studies are reused, not rewritten
 
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import engines_helpers as H
+from helpers import written_ns
 from ssmlens.interp.cli import main
 from ssmlens.interp.engines import Cell, EngineError, cell_url, finished_run, interrupted_run, run_cells
 from ssmlens.interp.store import create_run, open_run
@@ -149,13 +150,13 @@ def test_patching_over_prompt_shards_equals_one_sweep_and_resumes(tmp_path, caps
         assert run.metrics[name] == pytest.approx(open_run(tmp_path / "one").metrics[name], rel=1e-6)
 
     # resume: a lost shard is recomputed, the finished ones are not touched
-    created = {u: open_run(u).created_at for u in shards}
+    created = {u: written_ns(u) for u in shards}
     import shutil
 
     shutil.rmtree(shards[1])
     assert main(["patch", ckpt, *PATCH, "--shards", "3", "--out", str(tmp_path / "again")]) == 0  # another out
     assert main(["patch", ckpt, *PATCH, "--shards", "3", "--out", str(tmp_path / "three"), "--overwrite"]) == 0
-    assert [open_run(u).created_at == created[u] for u in shards] == [True, False, True]
+    assert [written_ns(u) == created[u] for u in shards] == [True, False, True]
     assert_same_patching(tmp_path / "three", tmp_path / "again", exact=True)
     capsys.readouterr()
     assert main(["patch", ckpt, *PATCH, "--shards", "13", "--out", str(tmp_path / "bad")]) == 2

@@ -12,6 +12,7 @@ import plotly.offline
 import pytest
 import yaml
 
+from helpers import written_ns
 from ssmlens.interp.cli import main
 from ssmlens.interp.store import open_run
 from ssmlens.probes.evaluation import SuiteError, load_suite, run_suite, suite_from_dict
@@ -119,11 +120,11 @@ def test_report_is_self_contained_and_captioned(tiny):
 
 def test_rerun_skips_everything(tiny):
     suite, out, first = tiny
-    created = {k: open_run(out / "cells" / k).created_at for k in first.rows}
+    created = {k: written_ns(out / "cells" / k) for k in first.rows}
     finals = {p: p.stat().st_mtime_ns for p in (out / "models").glob("*/final/model.safetensors")}
     again = run_suite(suite, out, progress=False)
     assert sorted(again.skipped) == sorted(first.rows) and not again.report_rebuilt
-    assert {k: open_run(out / "cells" / k).created_at for k in again.rows} == created
+    assert {k: written_ns(out / "cells" / k) for k in again.rows} == created
     assert {p: p.stat().st_mtime_ns for p in finals} == finals
     assert again.rows["mamba-w16-lr0.003-s0"]["acc"] == first.rows["mamba-w16-lr0.003-s0"]["acc"]
 
@@ -144,13 +145,14 @@ def test_killed_run_resumes(tmp_path, monkeypatch):
         run_suite(suite, tmp_path / "out", progress=False)
     first = open_run(tmp_path / "out" / "cells" / "transformer-w16-lr0.003-s0")  # no conv: finished
     assert first.is_complete
+    first_written = written_ns(first.url)
     assert not (tmp_path / "out" / "cells" / "mamba-w16-lr0.003-s0" / "zarr.json").exists()
     assert list((tmp_path / "out" / "models").glob("mamba-*/final"))  # its model was trained
 
     monkeypatch.setattr(analyses, "conv_ablation", real)
     result = run_suite(suite, tmp_path / "out", progress=False)
     assert result.skipped == ["transformer-w16-lr0.003-s0"] and not result.failed
-    assert open_run(tmp_path / "out" / "cells" / "transformer-w16-lr0.003-s0").created_at == first.created_at
+    assert written_ns(tmp_path / "out" / "cells" / "transformer-w16-lr0.003-s0") == first_written
     assert result.rows["mamba-w16-lr0.003-s0"]["reused_model"] is True
 
 
