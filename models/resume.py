@@ -50,8 +50,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,30 @@ class Resume:
         """bool ``[R, length, L]``: causal visibility of absolute key s from window slot t."""
         keys = torch.arange(self.seq_len, device=self.start.device)
         return keys[None, None, :] <= self.positions[:, :, None]
+
+
+def window_conv(conv: nn.Conv1d, before: Float[Tensor, "row k channel"], x: Float[Tensor, "row window channel"]
+                ) -> Float[Tensor, "row window channel"]:
+    """silu(causal depthwise ``conv`` of x) over a window, its zero padding replaced by
+    the conv's input at the k = d_conv − 1 positions before the window (``before``:
+    zero before position 0, as ``Resume.before`` gives it)."""
+    x_ext = torch.cat([before.to(x.dtype), x], dim=1).transpose(1, 2)
+    return F.silu(F.conv1d(x_ext, conv.weight, conv.bias, groups=conv.groups)).transpose(1, 2)
+
+
+def edit_difference(mixer: nn.Module, resume: "Resume", edit: StateEdit
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """What a mixer's closed-form ``StateEdit`` starts from: (e_p = h' − h at the edited
+    position, fp32 ``[R, *state]``; Σ_{p<s≤t} Δ_s over the window, fp32 ``[R, window,
+    *delta]``; bool ``[R, window]``, t ≥ p). The mixer's inner values are the cached
+    run's, so no hook of them may listen (a ValueError says which)."""
+    inner = [n for n in ("x", "z", "conv", "delta", "B", "C", "ssm_state") if getattr(mixer, f"hook_{n}").listened]
+    if inner:
+        raise ValueError(f"a resumed forward with a StateEdit reads the cached run's {inner}: "
+                         "hooks on them cannot be combined with it")
+    h_p = resume.cache[resume.scope + "hook_ssm_state"][resume.ex, edit.position]
+    decay_sum = resume.span_sum("hook_delta", edit.position, resume.positions)
+    return edit.value.float() - h_p.float(), decay_sum, resume.positions >= edit.position[:, None]
 
 
 _PREFIX: dict[int, tuple[weakref.ref, int, Tensor]] = {}  # id(values) -> (values, version, prefix sums)
