@@ -49,7 +49,7 @@ def test_mamba2_is_resumable():
 
 
 @pytest.mark.parametrize("length", [1, 3, 8, L])
-@pytest.mark.parametrize("d_conv", [4, 2])
+@pytest.mark.parametrize("d_conv", [4, 2, 1])
 @pytest.mark.parametrize("listen", [False, True])
 def test_resumed_windows_equal_the_full_forward(length, d_conv, listen):
     """Fresh random inputs each case; ``listen``: a reader on every state makes the
@@ -108,14 +108,15 @@ def test_hooks_fire_on_the_window_and_edits_propagate():
 @pytest.mark.parametrize("layer", [0, 1])
 def test_state_edit_equals_the_hook_edit(layer):
     """StateEdit (closed form per head, no scan) == replacing hook_ssm_state at p in a
-    full forward; in the last block the window may start after p."""
+    full forward; a window may start before p (the edit changes nothing there) and, in
+    the last block, after it."""
     model = build(n_layers=2)
     assert model.blocks[-1].local_after_mixer
     toks = tokens()
     site = f"blocks.{layer}.mixer.hook_ssm_state"
     p, ex = torch.tensor([2, 6, 0]), torch.tensor([0, 1, 3])
     value = torch.randn(3, 4, 8, 4)  # head d_head d_state
-    start = p if layer == 0 else p + 3
+    start = p - torch.tensor([0, 2, 0]) if layer == 0 else p + torch.tensor([3, -2, 3])
     last = "blocks.1.hook_resid_post"
     with torch.no_grad():
         _, cache = model.run_with_cache(toks, names_filter=resume_hook_names(model, edits=True))
