@@ -5,7 +5,7 @@ on the window, and with an SSM state edit in closed form equal to the hook edit.
 import pytest
 import torch
 
-from ssmlens.models import BMojo, Mamba, MoEMamba, Transformer
+from ssmlens.models import BMojo, Mamba, Mamba2, MoEMamba, Transformer
 from ssmlens.models.lm import LanguageModel
 from ssmlens.models.resume import StateEdit, resumable, resume_blocks, resume_hook_names
 
@@ -30,6 +30,7 @@ def _sharp_router(model):
 
 MODELS = {
     "mamba": lambda: Mamba(vocab_size=V, d_model=16, n_layers=2, d_state=4),
+    "mamba2": lambda: Mamba2(vocab_size=V, d_model=16, n_layers=2, d_state=4, d_head=8, n_groups=2),
     "transformer": lambda: Transformer(vocab_size=V, d_model=16, n_layers=2, n_heads=2, n_ctx=32),
     "transformer_rotary": lambda: Transformer(vocab_size=V, d_model=16, n_layers=2, n_heads=2, positional="rotary"),
     "bmojo": lambda: _mixed_writes(BMojo(vocab_size=V, d_model=16, n_layers=2, n_heads=2, window=3, memory_size=2,
@@ -107,7 +108,7 @@ def test_resumed_blocks_equal_the_full_forward(kind, explicit):
     assert torch.allclose(out, _at_windows(cache[last]), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["mamba", "transformer_rotary", "bmojo", "moe_mamba"])
+@pytest.mark.parametrize("kind", ["mamba", "mamba2", "transformer_rotary", "bmojo", "moe_mamba"])
 def test_hooks_fire_on_the_window_and_edits_propagate(kind):
     """A hook on a resumed forward sees [rows, window, ...]; an edit there at window
     slot k equals the same edit at position start + k of a full forward."""
