@@ -142,23 +142,26 @@ def test_hooks_fire_on_the_window_and_edits_propagate(kind):
     assert torch.allclose(out, torch.stack(refs), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
 @pytest.mark.parametrize("layer", [0, 1])
-def test_state_edit_equals_the_hook_edit(layer):
+def test_state_edit_equals_the_hook_edit(kind, layer):
     """StateEdit (closed form, no scan) == replacing hook_ssm_state at p in a full forward.
-    In the last Mamba block the window may start after p (only later positions read)."""
-    model = build("mamba")
+    A window may start before p (nothing changes there) and, in the last block (only
+    later positions read), after it."""
+    model = build(kind)
+    assert model.blocks[-1].local_after_mixer
     toks = tokens()
     site = f"blocks.{layer}.mixer.hook_ssm_state"
-    p = torch.tensor([2, 6])
-    ex = torch.tensor([0, 1])
-    value = torch.randn(2, 32, 4)
-    start = p if layer == 0 else p + 3  # last block: a later window is enough
+    p = torch.tensor([2, 6, 0])
+    ex = torch.tensor([0, 1, 2])
+    start = p - torch.tensor([0, 2, 0]) if layer == 0 else p + torch.tensor([3, -2, 3])
     with torch.no_grad():
         _, cache = model.run_with_cache(toks, names_filter=resume_hook_names(model, edits=True))
-        out = resume_blocks(model, cache.cache_dict, ex, start, 4, torch.full((2,), layer),
+        value = torch.randn_like(cache[site][:3, 0])  # Mamba [R, d_inner, d_state]; Mamba-2 [R, head, d_head, d_state]
+        out = resume_blocks(model, cache.cache_dict, ex, start, 4, torch.full((3,), layer),
                             edit=StateEdit(f"blocks.{layer}.mixer.", p, value))
         refs = []
-        for r in range(2):
+        for r in range(3):
             def put(h, hook, r=r):
                 h = h.clone()
                 h[:, int(p[r])] = value[r]
