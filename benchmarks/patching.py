@@ -246,7 +246,9 @@ NOTES = """Reading the numbers:
   closed form); a patch making a block's whole input the source's copies the source
   run's metrics; the source run is itself resumed where its tokens leave the base's.
 - Resumed Mamba windows run `ssmlens.models.resume_scan` (the `torch` backend's arithmetic
-  without its per-chunk stack and batched-matmul readout, Ā by exp2).
+  without its per-chunk stack and batched-matmul readout, Ā by exp2); resumed Mamba-2
+  windows run `ssd_scan` from the cached state, one chunk per window (the conv's input
+  before the window rebuilt from the cached `hook_resid_pre`).
 - The ratio moves with the machine's load: the reference is one full forward per
   patch and pays more page faults and cache misses when neighbours are busy, so a
   quiet machine gives the lowest ratios. Small models and the Transformer are bound

@@ -9,6 +9,11 @@ the cache:
 - residual stream: ``blocks.{l}.hook_resid_pre`` over the window (where rows enter);
 - Mamba mixer: the SSM state h at ``start − 1`` (``mixer.hook_ssm_state``) and the
   short-conv window, x at ``start − d_conv + 1 … start − 1`` (``mixer.hook_x``);
+- Mamba-2 mixer: the state per head at ``start − 1`` (``mixer.hook_ssm_state``); its
+  conv runs over x, B and C, and no hook holds the pre-conv B and C (``hook_B`` /
+  ``hook_C`` are after the conv), so the conv's input at ``start − d_conv + 1 …
+  start − 1`` is rebuilt from the block's cached ``hook_resid_pre`` there (the norm
+  without its hooks, then ``in_proj``'s xBC rows: ``Mamba2Mixer._xbc_before``);
 - attention: keys and values of every position (``attn.hook_k`` / ``hook_v``); the
   window's own keys are written over them, and a query at t sees keys s ≤ t;
 - B'MOJO memory: fading tokens and writes of every position (``memory.hook_fading``
@@ -28,19 +33,22 @@ offset to a hook that needs it.
 
 A block supports resuming if it defines ``resume_hooks`` (the hook names, relative
 to the block, its resume reads) and its ``forward(resid, resume=None)`` honours a
-``Resume``. ``resumable(model)`` says whether a model's blocks all do (Mamba,
-Transformer, B'MOJO and MoE-Mamba blocks do). A ``StateEdit`` carried by the resume
-replaces one SSM state per row; the Mamba mixer applies it in closed form, without a
-scan. With ``read`` (positions per row), ``resume_blocks`` returns the residual there
-only, and a last Mamba block (``MambaBlock.forward_read``) computes just d_conv
-positions past the last changed input: later reads follow in the same closed form,
+``Resume``. ``resumable(model)`` says whether a model's blocks all do (Mamba, Mamba-2,
+Transformer, B'MOJO and MoE-Mamba blocks do; Based, H3 and Hyena blocks do not, and
+patching takes the generic path for them). A ``StateEdit`` carried by the resume
+replaces one SSM state per row; the Mamba and Mamba-2 mixers apply it in closed form,
+without a scan. With ``read`` (positions per row), ``resume_blocks`` returns the
+residual there only, and a last Mamba block (``MambaBlock.forward_read``) computes just
+d_conv positions past the last changed input: later reads follow in the same closed form,
 so a patch of that block's input needs a window of d_conv positions, not one
 reaching the query. A last Transformer block (``TransformerBlock.forward_read``)
 computes keys and values only where its input changed and the query, attention
 output and MLP only at the positions read (``read_reach`` 0: a patch of its input
 needs a window of the patched positions). Either block runs its whole window, hooks
-firing as in a forward, when anything listens inside it. Resumed Mamba windows scan with ``ssmlens.models.resume_scan`` on the
-CPU. ``tests/test_resume.py`` holds every resumed forward to the full one.
+firing as in a forward, when anything listens inside it. (A last Mamba-2 block has no
+``forward_read``: it runs its window and is read there.) Resumed Mamba windows scan
+with ``ssmlens.models.resume_scan`` on the CPU; Mamba-2 windows with ``ssd_scan`` (or
+``selective_scan`` when states are listened to) from the cached state. ``tests/test_resume.py`` holds every resumed forward to the full one.
 """
 
 from __future__ import annotations
@@ -60,13 +68,14 @@ class StateEdit:
     """The SSM state of mixer ``scope`` (``"blocks.1.mixer."``) replaced at one
     position per row, as an edit of ``hook_ssm_state`` there would (DESIGN §3):
     ``position`` int64 ``[R]`` (absolute, at or before the row's window: the window
-    holds the positions read later), ``value`` ``[R, d_inner, d_state]``. The rows
+    holds the positions read later), ``value`` ``[R, d_inner, d_state]`` (Mamba-2:
+    ``[R, head, d_head, d_state]``). The rows
     must enter at that mixer's block, so its inputs are the cached run's and its output
     is the cached one plus the edit's effect (closed form, from the cached Δ, C, z, y:
     ``resume_hook_names(model, edits=True)``).
 
-    A block whose output at t depends on its mixer's output at t alone (a Mamba
-    block: ``local_after_mixer = True``) needs, when it is the last block, only the
+    A block whose output at t depends on its mixer's output at t alone (a Mamba or
+    Mamba-2 block: ``local_after_mixer = True``) needs, when it is the last block, only the
     positions read; any other block needs every position from the edit on."""
 
     scope: str
