@@ -16,7 +16,10 @@ a full sweep over every layer × every position of the given hooks is run three 
   patches that make a block's whole input the source's copied from the source run,
   the source run itself resumed where its tokens leave the base's, logits only at
   the query: ``ssmlens.probes.resumed``);
-- ``batched, no shortcuts``: stacking alone (``causal=skip_noop=resume=False``).
+- ``batched, no shortcuts``: stacking alone (``causal=skip_noop=resume=False``);
+- with ``--generic``, also ``generic``: the defaults with the blocks' ``resume_hooks``
+  hidden, so the sweep takes the path of a model that cannot resume at a position
+  (forwards resumed at the patched block only): what resuming at a position saves.
 
 Every result is checked against the reference: the largest difference of the raw
 metrics (logit difference, p(answer), log p, KL, accuracy) and of the restored
@@ -28,6 +31,7 @@ section of ``benchmarks/RESULTS.md`` (other sections are left alone).
 
     python benchmarks/patching.py              # all configurations
     python benchmarks/patching.py --quick      # the first two only
+    python benchmarks/patching.py --family mamba2 --generic --no-write   # Mamba-2, vs the generic path
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import os
 import platform
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +49,7 @@ import numpy as np
 import torch
 
 from ssmlens.interp.tasks import corrupt, make_task
-from ssmlens.models import Mamba, Transformer
+from ssmlens.models import Mamba, Mamba2, Transformer
 from ssmlens.probes.patching import patching_sweep, patching_sweep_reference
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -73,14 +78,20 @@ CONFIGS = [
     # One prompt pair (the TransformerLens-tutorial setting): per-forward overhead dominates.
     Config("mamba d16 n4, AR 8 pairs (L=21), 1 prompt pair", "mamba", dict(d_model=16, d_state=4),
            dict(n_keys=64, n_values=64, n_pairs=8), 1),
+    Config("mamba2 d64 n16 (8 heads of 16), AR 8 pairs (L=21), 32 ex", "mamba2",
+           dict(d_model=64, d_state=16, d_head=16), dict(n_keys=64, n_values=64, n_pairs=8), 32),
+    Config("mamba2 d16 n4 (4 heads of 8), AR 8 pairs (L=21), 8 ex", "mamba2", dict(d_model=16, d_state=4, d_head=8),
+           dict(n_keys=64, n_values=64, n_pairs=8), 8),
+    Config("mamba2 d64 n16 (8 heads of 16), AR paper (L=37, V=8195), 16 ex", "mamba2",
+           dict(d_model=64, d_state=16, d_head=16), {}, 16),
 ]
+MODELS = {"mamba": Mamba, "mamba2": Mamba2, "transformer": Transformer}
 
 
 def build(cfg: Config):
     task = make_task("ar", **cfg.task_kwargs)
     torch.manual_seed(0)
-    cls = Mamba if cfg.model == "mamba" else Transformer
-    model = cls(vocab_size=task.vocab_size, n_layers=2, **cfg.model_kwargs).eval()
+    model = MODELS[cfg.model](vocab_size=task.vocab_size, n_layers=2, **cfg.model_kwargs).eval()
     clean = task.sample(cfg.n, 0)
     return model, clean, corrupt(clean, "value", 1)
 
@@ -108,7 +119,20 @@ def max_diff(a, b) -> tuple[float, float]:
     return d_raw, d_rest
 
 
-def run_config(cfg: Config, repeats: int) -> dict:
+@contextmanager
+def position_resume_hidden(model):
+    """The model's blocks without ``resume_hooks`` (``ssmlens.models.resume.resumable``
+    false): the sweep takes the generic path, forwards resumed at the patched block only."""
+    for block in model.blocks:
+        block.resume_hooks = None
+    try:
+        yield model
+    finally:
+        for block in model.blocks:
+            del block.resume_hooks
+
+
+def run_config(cfg: Config, repeats: int, generic: bool = False) -> dict:
     model, clean, corr = build(cfg)
     common = dict(hooks=cfg.hooks, positions="all")
     ref, ref_wall, ref_cpu = timed(lambda: patching_sweep_reference(model, clean, corr, **common), repeats)
@@ -117,6 +141,13 @@ def run_config(cfg: Config, repeats: int) -> dict:
         model, clean, corr, progress=False, causal=False, skip_noop=False, resume=False, **common), repeats)
     d_fast, d_plain = max_diff(fast, ref), max_diff(plain, ref)
     worst = max(*d_fast, *d_plain)
+    times = {}
+    if generic:
+        with position_resume_hidden(model):
+            slow, times["generic_wall"], times["generic_cpu"] = timed(
+                lambda: patching_sweep(model, clean, corr, progress=False, **common), repeats)
+        assert slow.attrs["engine_rows_resumed"] == 0 < fast.attrs["engine_rows_resumed"]
+        worst = max(worst, *max_diff(slow, ref))
     assert worst <= 1e-5, f"{cfg.name}: batched and reference differ by {worst:.2e}"
     n_sites = len(ref.attrs["hook_names"])
     return {
@@ -124,22 +155,26 @@ def run_config(cfg: Config, repeats: int) -> dict:
         "ref_forwards": ref.attrs["engine_forwards"], "rows": fast.attrs["engine_rows"],
         "rows_total": fast.attrs["engine_rows_total"], "forwards": fast.attrs["engine_forwards"],
         "ref_wall": ref_wall, "ref_cpu": ref_cpu, "fast_wall": fast_wall, "fast_cpu": fast_cpu,
-        "plain_wall": plain_wall, "plain_cpu": plain_cpu, "diff": worst,
+        "plain_wall": plain_wall, "plain_cpu": plain_cpu, "diff": worst, **times,
     }
 
 
 def table(rows: list[dict]) -> str:
+    generic = all("generic_wall" in r for r in rows)
     head = ("| configuration | hooks | patches | reference: forwards, wall / CPU s | batched: rows run / total, "
-            "forwards, wall / CPU s | speedup wall (CPU) | stacking alone: wall / CPU s, speedup CPU | max diff |\n"
-            "|---|---|---|---|---|---|---|---|\n")
+            "forwards, wall / CPU s | speedup wall (CPU) | stacking alone: wall / CPU s, speedup CPU | "
+            + ("generic path: wall / CPU s, batched's speedup over it wall (CPU) | " if generic else "")
+            + "max diff |\n|---|---|---|---|---|---|---|" + ("---|" if generic else "") + "---|\n")
     lines = []
     for r in rows:
+        over = (f"{r['generic_wall']:.2f} / {r['generic_cpu']:.2f}, **{r['generic_wall'] / r['fast_wall']:.1f}×** "
+                f"({r['generic_cpu'] / r['fast_cpu']:.1f}×) | " if generic else "")
         lines.append(
             f"| {r['config']} | {r['hooks']} | {r['patches']} | {r['ref_forwards']}, "
             f"{r['ref_wall']:.2f} / {r['ref_cpu']:.2f} | {r['rows']} / {r['rows_total']}, {r['forwards']}, "
             f"{r['fast_wall']:.2f} / {r['fast_cpu']:.2f} | **{r['ref_wall'] / r['fast_wall']:.1f}×** "
             f"({r['ref_cpu'] / r['fast_cpu']:.1f}×) | {r['plain_wall']:.2f} / {r['plain_cpu']:.2f}, "
-            f"{r['ref_cpu'] / r['plain_cpu']:.1f}× | {r['diff']:.1e} |")
+            f"{r['ref_cpu'] / r['plain_cpu']:.1f}× | {over}{r['diff']:.1e} |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -172,15 +207,19 @@ def write_section(text: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="the first two configurations only")
+    p.add_argument("--quick", action="store_true", help="the first two configurations (of --family) only")
+    p.add_argument("--family", choices=sorted(MODELS), help="only the configurations of this model family")
+    p.add_argument("--generic", action="store_true",
+                   help="also time the generic path (no resuming at a position), and the batched speed-up over it")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-write", dest="write", action="store_false", help="do not touch RESULTS.md")
     args = p.parse_args()
     torch.set_num_threads(1)
     where = machine()
     rows = []
-    for cfg in CONFIGS[:2] if args.quick else CONFIGS:
-        rows.append(run_config(cfg, args.repeats))
+    configs = [c for c in CONFIGS if args.family in (None, c.model)]
+    for cfg in configs[:2] if args.quick else configs:
+        rows.append(run_config(cfg, args.repeats, args.generic))
         print(f"done: {cfg.name}", flush=True)
     md = table(rows)
     print(md)
@@ -207,7 +246,9 @@ NOTES = """Reading the numbers:
   closed form); a patch making a block's whole input the source's copies the source
   run's metrics; the source run is itself resumed where its tokens leave the base's.
 - Resumed Mamba windows run `ssmlens.models.resume_scan` (the `torch` backend's arithmetic
-  without its per-chunk stack and batched-matmul readout, Ā by exp2).
+  without its per-chunk stack and batched-matmul readout, Ā by exp2); resumed Mamba-2
+  windows run `ssd_scan` from the cached state, one chunk per window (the conv's input
+  before the window rebuilt from the cached `hook_resid_pre`).
 - The ratio moves with the machine's load: the reference is one full forward per
   patch and pays more page faults and cache misses when neighbours are busy, so a
   quiet machine gives the lowest ratios. Small models and the Transformer are bound

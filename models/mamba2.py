@@ -18,6 +18,7 @@ from ssmlens.models.config_checks import check_sizes
 from ssmlens.models.lm import LanguageModel
 from ssmlens.models.mamba2_mixer import Mamba2Mixer, Mamba2Options
 from ssmlens.models.norm import make_norm
+from ssmlens.models.resume import Resume
 
 
 @dataclass
@@ -43,6 +44,11 @@ class Mamba2Config(Mamba2Options):  # + the mixer's options (Mamba2Options)
 
 
 class Mamba2Block(nn.Module):
+    # What a resumed forward reads (models.resume): the state at start − 1; the conv's
+    # input before the window is rebuilt from the cached hook_resid_pre (Mamba2Mixer._xbc_before).
+    resume_hooks = ("mixer.hook_ssm_state",)
+    local_after_mixer = True  # the output at t depends on the mixer's output at t alone (models.resume)
+
     def __init__(self, cfg: Mamba2Config):
         super().__init__()
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
@@ -50,9 +56,14 @@ class Mamba2Block(nn.Module):
         self.hook_resid_pre = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, resid: Tensor) -> Tensor:
+    def forward(self, resid: Tensor, resume: Resume | None = None) -> Tensor:
         resid = self.hook_resid_pre(resid)
-        return self.hook_resid_post(resid + self.mixer(self.norm(resid)))
+        if resume is None:
+            return self.hook_resid_post(resid + self.mixer(self.norm(resid)))
+        # the mixer's input at the conv's reach before the window: the cached run's, normed
+        # without the norm's hooks (they fire on the window only)
+        before = self.norm.unhooked(resume.before("hook_resid_pre", self.mixer.cfg.d_conv - 1))
+        return self.hook_resid_post(resid + self.mixer(self.norm(resid), resume.sub("mixer"), before))
 
 
 class Mamba2(LanguageModel):

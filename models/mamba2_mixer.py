@@ -39,6 +39,8 @@ from torch import Tensor
 from ssmlens.interp.hooks import HookPoint
 from ssmlens.kernels import BACKENDS, linear_recurrence, selective_scan
 from ssmlens.kernels.ssd import ssd_scan
+from ssmlens.models.resume import Resume, StateEdit, edit_difference, window_conv
+from ssmlens.models.resume_scan import read_state
 
 SCAN_BACKENDS = ("ssd", *BACKENDS)
 
@@ -132,15 +134,31 @@ class Mamba2Mixer(nn.Module):
     def A(self) -> Float[Tensor, " head"]:
         return -torch.exp(self.A_log.float())
 
-    def forward(self, hidden: Float[Tensor, "b L d_model"]) -> Float[Tensor, "b L d_model"]:
+    def forward(self, hidden: Float[Tensor, "b L d_model"], resume: Resume | None = None,
+                before: Float[Tensor, "b k d_model"] | None = None) -> Float[Tensor, "b L d_model"]:
+        """hidden ``[b, L, d_model]`` -> ``[b, L, d_model]``.
+
+        With ``resume`` (``ssmlens.models.resume``), hidden holds each row's window only
+        and ``before`` the mixer's input at the d_conv − 1 positions before it (the
+        cached run's, zero before position 0): the conv reads the xBC ``in_proj`` makes
+        of it, and the scan starts from the cached state at ``start − 1``."""
         cfg = self.cfg
         L, H, P, g, n = hidden.shape[1], cfg.n_heads, cfg.d_head, cfg.n_groups, cfg.d_state
+        edit = resume.own_edit if resume is not None else None
+        if edit is not None:
+            return self._edited(resume, edit)
         z, xBC, dt = self.in_proj(hidden).split([cfg.d_inner, self.conv_dim, H], dim=-1)
         z = self.hook_z(z)
         x, BC = xBC.split([cfg.d_inner, 2 * g * n], dim=-1)
         xBC = torch.cat([self.hook_x(x), BC], dim=-1)
-        xBC = F.silu(self.conv1d(rearrange(xBC, "b l c -> b c l"))[..., :L])
-        u, B, C = rearrange(xBC, "b c l -> b l c").split([cfg.d_inner, g * n, g * n], dim=-1)
+        h0, chunk = None, cfg.ssd_chunk
+        if resume is None:
+            xBC = rearrange(F.silu(self.conv1d(rearrange(xBC, "b l c -> b c l"))[..., :L]), "b c l -> b l c")
+        else:
+            xBC = window_conv(self.conv1d, self._xbc_before(resume, before), xBC)
+            h0 = resume.before("hook_ssm_state", 1)[:, 0].float()  # b head d_head d_state
+            chunk = min(chunk, L)  # a short window: one chunk, no padding
+        u, B, C = xBC.split([cfg.d_inner, g * n, g * n], dim=-1)
         u = self.hook_conv(u)
         B = self.hook_B(rearrange(B, "b l (g n) -> b l g n", g=g))
         C = self.hook_C(rearrange(C, "b l (g n) -> b l g n", g=g))
@@ -152,12 +170,14 @@ class Mamba2Mixer(nn.Module):
 
         want_states = self.hook_ssm_state.listened
         if not want_states and cfg.scan_backend in ("auto", "ssd"):
-            y, _ = ssd_scan(rearrange(u, "b l (h p) -> b l h p", p=P), delta, A, B, C, self.D, chunk=cfg.ssd_chunk)
+            y, _ = ssd_scan(rearrange(u, "b l (h p) -> b l h p", p=P), delta, A, B, C, self.D, initial_state=h0,
+                            chunk=chunk)
             y = rearrange(y, "b l h p -> b l (h p)").to(u.dtype)
         else:
             res = selective_scan(
                 u, repeat(delta, "b l h -> b l (h p)", p=P), repeat(A, "h -> (h p) n", p=P, n=n), B, C,
                 repeat(self.D.float(), "h -> (h p)", p=P), delta_softplus=False,
+                initial_state=None if h0 is None else rearrange(h0, "b h p n -> b (h p) n"),
                 state_positions="all" if want_states else None,
                 backend="auto" if cfg.scan_backend == "ssd" else cfg.scan_backend,
             )
@@ -167,6 +187,35 @@ class Mamba2Mixer(nn.Module):
                 y = self._states_through_hook(states, y, delta, A, C)
         y = self.hook_ssm_out(y)
         return self.hook_out(self.out_proj(self.norm(y, z)))
+
+    def _xbc_before(self, resume: Resume, before: Float[Tensor, "b k d_model"]) -> Float[Tensor, "b k conv_dim"]:
+        """The conv's input xBC at the k = d_conv − 1 positions before each row's window,
+        zero before position 0 (the conv's padding). No hook holds the pre-conv B and C
+        (``hook_B`` / ``hook_C`` are after the conv), so xBC is rebuilt from the mixer's
+        cached input by ``in_proj``'s xBC rows, without firing anything."""
+        di, k = self.cfg.d_inner, before.shape[1]
+        rows = slice(di, di + self.conv_dim)
+        bias = self.in_proj.bias
+        xbc = F.linear(before, self.in_proj.weight[rows], None if bias is None else bias[rows])
+        pos = resume.start[:, None] - k + torch.arange(k, device=resume.start.device)
+        return torch.where((pos >= 0)[..., None], xbc, 0.0)
+
+    def _edited(self, resume: Resume, edit: StateEdit) -> Float[Tensor, "R window d_model"]:
+        """Output over the window when the rows' inputs are the cached run's and only h
+        at ``edit.position`` is replaced (``ssmlens.models.resume.StateEdit``): as
+        ``MambaMixer._edited``, the difference decays per head, e_t = exp(A·Σ_{p<s≤t} Δ_s)
+        ⊙ e_p, and y_t moves by C_t·e_t, from the cached Δ, C, z and y without a scan."""
+        e_p, decay_sum, after = edit_difference(self, resume, edit)  # R h p n; R t h; R t
+        decay = (decay_sum * self.A).exp()  # R t h
+        e = decay[..., None, None] * e_p[:, None]  # R t h p n
+        dy = read_state(e, self._heads(resume.window("hook_C").float())) * after[..., None, None]
+        y0 = resume.window("hook_ssm_out")
+        y = self.hook_ssm_out((y0.float() + rearrange(dy, "r t h p -> r t (h p)")).to(y0.dtype))
+        return self.hook_out(self.out_proj(self.norm(y, resume.window("hook_z"))))
+
+    def _heads(self, BC: Float[Tensor, "... group d_state"]) -> Float[Tensor, "... head d_state"]:
+        """Grouped B or C repeated to the heads of each group."""
+        return repeat(BC, "... g n -> ... (g r) n", r=self.cfg.n_heads // self.cfg.n_groups)
 
     def _states_through_hook(self, h: Float[Tensor, "b L head d_head d_state"], y: Float[Tensor, "b L d_inner"],
                              delta: Float[Tensor, "b L head"], A: Float[Tensor, " head"],
@@ -186,8 +235,7 @@ class Mamba2Mixer(nn.Module):
             return y
         a = torch.exp(delta.float() * A).masked_fill(edited[:, :, None], 0.0)  # b L head
         e = linear_recurrence(a[..., None, None].expand_as(diff), diff)
-        C_heads = repeat(C.float(), "b l g n -> b l (g r) n", r=self.cfg.n_heads // self.cfg.n_groups)
-        dy = einsum(e, C_heads, "b l h p n, b l h n -> b l h p")
+        dy = einsum(e, self._heads(C.float()), "b l h p n, b l h n -> b l h p")
         return y + rearrange(dy, "b l h p -> b l (h p)").to(y.dtype)
 
 

@@ -29,7 +29,7 @@ from ssmlens.interp.hooks import HookPoint
 from ssmlens.kernels import linear_recurrence, selective_scan
 from ssmlens.kernels.conv1d import causal_conv1d
 from ssmlens.models.fast_path import hook_idle, idle
-from ssmlens.models.resume import Resume, StateEdit
+from ssmlens.models.resume import Resume, StateEdit, edit_difference, window_conv
 from ssmlens.models.resume_scan import read_state, scan_read_out, scan_window
 
 
@@ -153,9 +153,7 @@ class MambaMixer(nn.Module):
             u = self._conv(x)
         else:
             # the conv's zero padding is replaced by the cached x before the window
-            x_ext = torch.cat([resume.before("hook_x", cfg.d_conv - 1).to(x.dtype), x], dim=1)
-            u = rearrange(F.silu(F.conv1d(rearrange(x_ext, "b l d -> b d l"), self.conv1d.weight, self.conv1d.bias,
-                                          groups=self.conv1d.groups)), "b d l -> b l d")
+            u = window_conv(self.conv1d, resume.before("hook_x", cfg.d_conv - 1), x)
             h0 = resume.before("hook_ssm_state", 1)[:, 0]
         u = self.hook_conv(u)
         dt, B, C = self.x_proj(u).split_with_sizes([cfg.rank, cfg.d_state, cfg.d_state], dim=-1)
@@ -244,14 +242,7 @@ class MambaMixer(nn.Module):
         the propagation in ``_states_through_hook``, without a scan, from the cached
         Δ, C, z and y. The window may start after p (only later positions are read).
         """
-        inner = [n for n in ("x", "z", "conv", "delta", "B", "C", "ssm_state") if getattr(self, f"hook_{n}").listened]
-        if inner:
-            raise ValueError(f"a resumed forward with a StateEdit reads the cached run's {inner}: "
-                             "hooks on them cannot be combined with it")
-        h_p = resume.cache[resume.scope + "hook_ssm_state"][resume.ex, edit.position]  # R d n
-        e_p = edit.value.float() - h_p.float()
-        after = resume.positions >= edit.position[:, None]  # R t
-        decay_sum = resume.span_sum("hook_delta", edit.position, resume.positions)  # R t d: Σ_{p<s≤t} Δ_s
+        e_p, decay_sum, after = edit_difference(self, resume, edit)  # R d n; R t d: Σ_{p<s≤t} Δ_s; R t
         e = (decay_sum[..., None] * self.A_log2).exp2_().mul_(e_p[:, None])  # r t d n, in place: one buffer
         dy = read_state(e, resume.window("hook_C").float()) * after[..., None]
         y0 = resume.window("hook_ssm_out")
@@ -272,9 +263,7 @@ class MambaMixer(nn.Module):
         cfg = self.cfg
         span = hidden.shape[1]
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
-        x_ext = torch.cat([resume.before("hook_x", cfg.d_conv - 1).to(x.dtype), x], dim=1)
-        u = rearrange(F.silu(F.conv1d(rearrange(x_ext, "r l d -> r d l"), self.conv1d.weight, self.conv1d.bias,
-                                      groups=self.conv1d.groups)), "r d l -> r l d")
+        u = window_conv(self.conv1d, resume.before("hook_x", cfg.d_conv - 1), x)
         dt, B, C = self.x_proj(u).split([cfg.rank, cfg.d_state, cfg.d_state], dim=-1)
         delta = F.softplus(dt @ self.dt_proj.weight.T + self.dt_proj.bias)
         h0 = resume.before("hook_ssm_state", 1)[:, 0]

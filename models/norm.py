@@ -74,15 +74,24 @@ class RMSNorm(_HookedNorm, nn.Module):
 
     def forward(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
         dtype = x.dtype
-        x32 = x.float()
-        ms = x32.pow(2).mean(-1, keepdim=True) + self.eps
-        fast = (x32 * torch.rsqrt(ms)).to(dtype)
+        x32, ms, fast = self._fast(x)
         if not self.hooked:
             return self.weight * fast
         scale, edited = self._scale_through_hook(ms.sqrt())
         explicit = (x32 / scale).to(dtype)
         normalized = self.hook_normalized(explicit if edited else _value_of(fast, explicit))
         return self.weight * normalized
+
+    def _fast(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(x in fp32, mean(x²) + ε, x / scale in x's dtype): the fast path's parts."""
+        x32 = x.float()
+        ms = x32.pow(2).mean(-1, keepdim=True) + self.eps
+        return x32, ms, (x32 * torch.rsqrt(ms)).to(x.dtype)
+
+    def unhooked(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
+        """The output without the hook points (values no hook may see: the unpatched
+        past a resumed forward rebuilds)."""
+        return self.weight * self._fast(x)[2]
 
 
 class LayerNorm(_HookedNorm, nn.LayerNorm):
@@ -95,7 +104,7 @@ class LayerNorm(_HookedNorm, nn.LayerNorm):
         self._add_hooks()
 
     def forward(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
-        fast = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        fast = self.unhooked(x)
         if not self.hooked:
             return fast
         centered = x - x.mean(-1, keepdim=True)
@@ -106,6 +115,10 @@ class LayerNorm(_HookedNorm, nn.LayerNorm):
         if self.bias is not None:
             explicit = explicit + self.bias
         return self.hook_normalized(explicit if edited else _value_of(fast, explicit))
+
+    def unhooked(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
+        """The output without the hook points (``RMSNorm.unhooked``)."""
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 def make_norm(kind: str, d: int, eps: float = 1e-5) -> nn.Module:

@@ -9,6 +9,11 @@ the cache:
 - residual stream: ``blocks.{l}.hook_resid_pre`` over the window (where rows enter);
 - Mamba mixer: the SSM state h at ``start − 1`` (``mixer.hook_ssm_state``) and the
   short-conv window, x at ``start − d_conv + 1 … start − 1`` (``mixer.hook_x``);
+- Mamba-2 mixer: the state per head at ``start − 1`` (``mixer.hook_ssm_state``); its
+  conv runs over x, B and C, and no hook holds the pre-conv B and C (``hook_B`` /
+  ``hook_C`` are after the conv), so the conv's input at ``start − d_conv + 1 …
+  start − 1`` is rebuilt from the block's cached ``hook_resid_pre`` there (the norm
+  without its hooks, then ``in_proj``'s xBC rows: ``Mamba2Mixer._xbc_before``);
 - attention: keys and values of every position (``attn.hook_k`` / ``hook_v``); the
   window's own keys are written over them, and a query at t sees keys s ≤ t;
 - B'MOJO memory: fading tokens and writes of every position (``memory.hook_fading``
@@ -28,19 +33,22 @@ offset to a hook that needs it.
 
 A block supports resuming if it defines ``resume_hooks`` (the hook names, relative
 to the block, its resume reads) and its ``forward(resid, resume=None)`` honours a
-``Resume``. ``resumable(model)`` says whether a model's blocks all do (Mamba,
-Transformer, B'MOJO and MoE-Mamba blocks do). A ``StateEdit`` carried by the resume
-replaces one SSM state per row; the Mamba mixer applies it in closed form, without a
-scan. With ``read`` (positions per row), ``resume_blocks`` returns the residual there
-only, and a last Mamba block (``MambaBlock.forward_read``) computes just d_conv
-positions past the last changed input: later reads follow in the same closed form,
+``Resume``. ``resumable(model)`` says whether a model's blocks all do (Mamba, Mamba-2,
+Transformer, B'MOJO and MoE-Mamba blocks do; Based, H3 and Hyena blocks do not, and
+patching takes the generic path for them). A ``StateEdit`` carried by the resume
+replaces one SSM state per row; the Mamba and Mamba-2 mixers apply it in closed form,
+without a scan. With ``read`` (positions per row), ``resume_blocks`` returns the
+residual there only, and a last Mamba block (``MambaBlock.forward_read``) computes just
+d_conv positions past the last changed input: later reads follow in the same closed form,
 so a patch of that block's input needs a window of d_conv positions, not one
 reaching the query. A last Transformer block (``TransformerBlock.forward_read``)
 computes keys and values only where its input changed and the query, attention
 output and MLP only at the positions read (``read_reach`` 0: a patch of its input
 needs a window of the patched positions). Either block runs its whole window, hooks
-firing as in a forward, when anything listens inside it. Resumed Mamba windows scan with ``ssmlens.models.resume_scan`` on the
-CPU. ``tests/test_resume.py`` holds every resumed forward to the full one.
+firing as in a forward, when anything listens inside it. (A last Mamba-2 block has no
+``forward_read``: it runs its window and is read there.) Resumed Mamba windows scan
+with ``ssmlens.models.resume_scan`` on the CPU; Mamba-2 windows with ``ssd_scan`` (or
+``selective_scan`` when states are listened to) from the cached state. ``tests/test_resume.py`` holds every resumed forward to the full one.
 """
 
 from __future__ import annotations
@@ -50,8 +58,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -59,13 +68,14 @@ class StateEdit:
     """The SSM state of mixer ``scope`` (``"blocks.1.mixer."``) replaced at one
     position per row, as an edit of ``hook_ssm_state`` there would (DESIGN §3):
     ``position`` int64 ``[R]`` (absolute, at or before the row's window: the window
-    holds the positions read later), ``value`` ``[R, d_inner, d_state]``. The rows
+    holds the positions read later), ``value`` ``[R, d_inner, d_state]`` (Mamba-2:
+    ``[R, head, d_head, d_state]``). The rows
     must enter at that mixer's block, so its inputs are the cached run's and its output
     is the cached one plus the edit's effect (closed form, from the cached Δ, C, z, y:
     ``resume_hook_names(model, edits=True)``).
 
-    A block whose output at t depends on its mixer's output at t alone (a Mamba
-    block: ``local_after_mixer = True``) needs, when it is the last block, only the
+    A block whose output at t depends on its mixer's output at t alone (a Mamba or
+    Mamba-2 block: ``local_after_mixer = True``) needs, when it is the last block, only the
     positions read; any other block needs every position from the edit on."""
 
     scope: str
@@ -166,6 +176,30 @@ class Resume:
         """bool ``[R, length, L]``: causal visibility of absolute key s from window slot t."""
         keys = torch.arange(self.seq_len, device=self.start.device)
         return keys[None, None, :] <= self.positions[:, :, None]
+
+
+def window_conv(conv: nn.Conv1d, before: Float[Tensor, "row k channel"], x: Float[Tensor, "row window channel"]
+                ) -> Float[Tensor, "row window channel"]:
+    """silu(causal depthwise ``conv`` of x) over a window, its zero padding replaced by
+    the conv's input at the k = d_conv − 1 positions before the window (``before``:
+    zero before position 0, as ``Resume.before`` gives it)."""
+    x_ext = torch.cat([before.to(x.dtype), x], dim=1).transpose(1, 2)
+    return F.silu(F.conv1d(x_ext, conv.weight, conv.bias, groups=conv.groups)).transpose(1, 2)
+
+
+def edit_difference(mixer: nn.Module, resume: "Resume", edit: StateEdit
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """What a mixer's closed-form ``StateEdit`` starts from: (e_p = h' − h at the edited
+    position, fp32 ``[R, *state]``; Σ_{p<s≤t} Δ_s over the window, fp32 ``[R, window,
+    *delta]``; bool ``[R, window]``, t ≥ p). The mixer's inner values are the cached
+    run's, so no hook of them may listen (a ValueError says which)."""
+    inner = [n for n in ("x", "z", "conv", "delta", "B", "C", "ssm_state") if getattr(mixer, f"hook_{n}").listened]
+    if inner:
+        raise ValueError(f"a resumed forward with a StateEdit reads the cached run's {inner}: "
+                         "hooks on them cannot be combined with it")
+    h_p = resume.cache[resume.scope + "hook_ssm_state"][resume.ex, edit.position]
+    decay_sum = resume.span_sum("hook_delta", edit.position, resume.positions)
+    return edit.value.float() - h_p.float(), decay_sum, resume.positions >= edit.position[:, None]
 
 
 _PREFIX: dict[int, tuple[weakref.ref, int, Tensor]] = {}  # id(values) -> (values, version, prefix sums)

@@ -19,14 +19,15 @@ Work is skipped only where the result is known exactly:
   (Sequences are not cut short; every model is prefix-consistent, tests/test_every_model.py,
   so this is a cost choice, not a correctness one.)
 - *resuming at a block and a position* (``ssmlens.probes.resumed``, ``ssmlens.models.resume``; every
-  model in ``models/``: Mamba, Transformer, B'MOJO, MoE-Mamba): a row whose site is
+  model in ``models/`` whose blocks can: Mamba, Mamba-2, Transformer, B'MOJO,
+  MoE-Mamba; not Based, H3, Hyena): a row whose site is
   in block l and whose first changed position is p computes only positions p … q
   (q: the example's last metric position) of blocks l and above, from the base
   run's cached residual, SSM states, conv windows, attention keys/values and B'MOJO /
   MoE bookkeeping. Rows are sorted by window length and stacked in chunks. A patch of
   ``mixer.hook_ssm_state`` at one position is a ``StateEdit``: its effect
   (h' − h carried by Ā) is added in closed form, without a scan, and in a last Mamba
-  block only the query positions are computed. The source run itself is resumed from
+  or Mamba-2 block only the query positions are computed. The source run itself is resumed from
   the base run where their tokens first differ. In a last Mamba block a patch of its
   input computes only d_conv positions from the patch on (``MambaBlock.forward_read``:
   past them the change is a state difference, carried to the queries in closed form).

@@ -14,7 +14,7 @@ exact: it only recomputes unchanged positions).
 A patch of ``mixer.hook_ssm_state`` at a single position runs as a
 ``ssmlens.models.resume.StateEdit`` instead of a hook: the mixer adds the closed-form effect
 C_t·exp(A·Σ_{p<s≤t} Δ_s)·(h' − h) to its cached output, without a scan; when the
-patched block is a last Mamba block (``local_after_mixer``), only the query positions
+patched block is a last Mamba or Mamba-2 block (``local_after_mixer``), only the query positions
 are computed. Multi-position state units go through the hook (the scan re-run with
 the edit), as does every other hook.
 

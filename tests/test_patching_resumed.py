@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ssmlens.interp.tasks import corrupt, make_task
-from ssmlens.models import BMojo, Mamba, MoEMamba, Transformer
+from ssmlens.models import BMojo, Mamba, Mamba2, MoEMamba, Transformer
 from ssmlens.probes.batched import run_interventions
 from ssmlens.probes.metrics import answer_spec
 from ssmlens.probes.patching import patching_sweep, patching_sweep_reference
@@ -43,6 +43,8 @@ def _moe(vocab):
 
 CASES = {
     "mamba": (lambda v: Mamba(vocab_size=v, d_model=16, n_layers=2, d_state=4), "resid_pre,ssm_state,mixer.hook_x"),
+    "mamba2": (lambda v: Mamba2(vocab_size=v, d_model=16, n_layers=2, d_state=4, d_head=8, n_groups=2),
+               "resid_pre,ssm_state,mixer.hook_x,mixer.hook_B"),
     "transformer": (lambda v: Transformer(vocab_size=v, d_model=16, n_layers=2, n_heads=2, n_ctx=32),
                     "resid_pre,attn.hook_out,attn.hook_pattern,attn.hook_k"),
     "transformer_rotary": (lambda v: Transformer(vocab_size=v, d_model=16, n_layers=2, n_heads=2,

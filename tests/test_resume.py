@@ -5,7 +5,7 @@ on the window, and with an SSM state edit in closed form equal to the hook edit.
 import pytest
 import torch
 
-from ssmlens.models import BMojo, Mamba, MoEMamba, Transformer
+from ssmlens.models import BMojo, Mamba, Mamba2, MoEMamba, Transformer
 from ssmlens.models.lm import LanguageModel
 from ssmlens.models.resume import StateEdit, resumable, resume_blocks, resume_hook_names
 
@@ -30,6 +30,7 @@ def _sharp_router(model):
 
 MODELS = {
     "mamba": lambda: Mamba(vocab_size=V, d_model=16, n_layers=2, d_state=4),
+    "mamba2": lambda: Mamba2(vocab_size=V, d_model=16, n_layers=2, d_state=4, d_head=8, n_groups=2),
     "transformer": lambda: Transformer(vocab_size=V, d_model=16, n_layers=2, n_heads=2, n_ctx=32),
     "transformer_rotary": lambda: Transformer(vocab_size=V, d_model=16, n_layers=2, n_heads=2, positional="rotary"),
     "bmojo": lambda: _mixed_writes(BMojo(vocab_size=V, d_model=16, n_layers=2, n_heads=2, window=3, memory_size=2,
@@ -107,7 +108,7 @@ def test_resumed_blocks_equal_the_full_forward(kind, explicit):
     assert torch.allclose(out, _at_windows(cache[last]), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["mamba", "transformer_rotary", "bmojo", "moe_mamba"])
+@pytest.mark.parametrize("kind", ["mamba", "mamba2", "transformer_rotary", "bmojo", "moe_mamba"])
 def test_hooks_fire_on_the_window_and_edits_propagate(kind):
     """A hook on a resumed forward sees [rows, window, ...]; an edit there at window
     slot k equals the same edit at position start + k of a full forward."""
@@ -141,23 +142,26 @@ def test_hooks_fire_on_the_window_and_edits_propagate(kind):
     assert torch.allclose(out, torch.stack(refs), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
 @pytest.mark.parametrize("layer", [0, 1])
-def test_state_edit_equals_the_hook_edit(layer):
+def test_state_edit_equals_the_hook_edit(kind, layer):
     """StateEdit (closed form, no scan) == replacing hook_ssm_state at p in a full forward.
-    In the last Mamba block the window may start after p (only later positions read)."""
-    model = build("mamba")
+    A window may start before p (nothing changes there) and, in the last block (only
+    later positions read), after it."""
+    model = build(kind)
+    assert model.blocks[-1].local_after_mixer
     toks = tokens()
     site = f"blocks.{layer}.mixer.hook_ssm_state"
-    p = torch.tensor([2, 6])
-    ex = torch.tensor([0, 1])
-    value = torch.randn(2, 32, 4)
-    start = p if layer == 0 else p + 3  # last block: a later window is enough
+    p = torch.tensor([2, 6, 0])
+    ex = torch.tensor([0, 1, 2])
+    start = p - torch.tensor([0, 2, 0]) if layer == 0 else p + torch.tensor([3, -2, 3])
     with torch.no_grad():
         _, cache = model.run_with_cache(toks, names_filter=resume_hook_names(model, edits=True))
-        out = resume_blocks(model, cache.cache_dict, ex, start, 4, torch.full((2,), layer),
+        value = torch.randn_like(cache[site][:3, 0])  # Mamba [R, d_inner, d_state]; Mamba-2 [R, head, d_head, d_state]
+        out = resume_blocks(model, cache.cache_dict, ex, start, 4, torch.full((3,), layer),
                             edit=StateEdit(f"blocks.{layer}.mixer.", p, value))
         refs = []
-        for r in range(2):
+        for r in range(3):
             def put(h, hook, r=r):
                 h = h.clone()
                 h[:, int(p[r])] = value[r]
