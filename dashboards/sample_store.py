@@ -195,8 +195,8 @@ def write_one(root: Path, prefix: str, name: str, *, n_layers: int, seq_len: int
 
 
 def probe_sweep(cache, batch, seed: int):
-    """Linear probes for the queried value on the residual stream (``ssmlens.probes.linear``)."""
-    from ssmlens.probes.linear import probe_sweep as sweep
+    """Linear probes for the queried value on the residual stream (``ssmlens.probes.linear_sweep``)."""
+    from ssmlens.probes.linear_sweep import probe_sweep as sweep
 
     return sweep({k: v for k, v in cache.items() if k.endswith("hook_resid_post")}, batch, "resid_post",
                  "queried_value", positions=["queried_key", "queried_value", "query"], seed=seed)

@@ -32,7 +32,7 @@ from ssmlens.models import load_model
 from ssmlens.probes.ablation import run_ablated
 from ssmlens.probes.attribution import attribution_patching
 from ssmlens.probes.figures import patching_heatmap
-from ssmlens.probes.linear import probe_sweep
+from ssmlens.probes.linear_sweep import probe_sweep
 from ssmlens.probes.patching import patching_sweep
 from ssmlens.probes.probe_figures import probe_accuracy_figure
 

@@ -71,7 +71,7 @@ def position_mask(batch, positions, length: int) -> Tensor | None:
         return None
     if isinstance(positions, Tensor) and positions.dtype == torch.bool:
         return positions
-    from ssmlens.probes.linear import positions_index
+    from ssmlens.probes.linear_sweep import positions_index
 
     _, index = positions_index(batch if isinstance(batch, TaskBatch) else None, positions, length)
     b = len(_tokens(batch))

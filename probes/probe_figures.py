@@ -1,4 +1,4 @@
-"""Plotly figures of probe sweeps (``ssmlens.probes.linear.probe_sweep`` / a run's ``probe/accuracy``).
+"""Plotly figures of probe sweeps (``ssmlens.probes.linear_sweep.probe_sweep`` / a run's ``probe/accuracy``).
 
 - ``probe_accuracy_figure(da, x="layer")``: held-out accuracy as curves over layers
   (one curve per hook kind × position) or over positions (one per hook kind ×

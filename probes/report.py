@@ -9,8 +9,9 @@ setting, the mechanism table, accuracy vs width, interventions by role, the
 association test, the short-conv ablation, B'MOJO's memory, the token-mixing matrices
 of one example for every model, the diagnostics, and every cell's status (failed cells
 with their error). Each figure carries a one-sentence caption computed from its
-numbers (``ssmlens.probes.report_figures``). The markdown holds the same tables and
-captions.
+numbers (``ssmlens.probes.report_figures``: accuracy and interventions;
+``ssmlens.probes.report_internals``: memory, token mixing, diagnostics). The markdown
+holds the same tables and captions.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import plotly.io as pio
 import plotly.offline
 
 from ssmlens.probes import report_figures as rf
+from ssmlens.probes import report_internals as ri
 from ssmlens.probes.evaluation.summary import best_cells, mechanism_rows
+from ssmlens.probes.report_base import ModelView
 
 CSS = """
 body { font-family: Helvetica, Arial, sans-serif; margin: 0 auto; max-width: 1400px; padding: 24px 32px;
@@ -63,7 +66,7 @@ def token_labels(run) -> list[str] | None:
     return labels
 
 
-def load_views(out: Path, cells: pd.DataFrame) -> list[rf.ModelView]:
+def load_views(out: Path, cells: pd.DataFrame) -> list[ModelView]:
     """The report's models: the best cell of each architecture × width, with its store."""
     from ssmlens.interp.store import StoreError, open_run
 
@@ -73,7 +76,7 @@ def load_views(out: Path, cells: pd.DataFrame) -> list[rf.ModelView]:
             run = open_run(Path(out) / "cells" / r["key"])
         except StoreError:
             continue
-        views.append(rf.ModelView(r["label"], r["family"], int(r["width"]), dict(run.metrics), run))
+        views.append(ModelView(r["label"], r["family"], int(r["width"]), dict(run.metrics), run))
     return views
 
 
@@ -143,11 +146,11 @@ def build_report(suite, out: str | Path, cells: pd.DataFrame, mechanism: pd.Data
     sections.append(("Association test", fig, cap))
     fig, cap = rf.conv_ablation_bars(views)
     sections.append(("Short-convolution ablation", fig, cap))
-    for fig, cap in rf.memory_figures(views):
+    for fig, cap in ri.memory_figures(views):
         sections.append(("B'MOJO's eidetic memory", fig, cap))
-    fig, cap = rf.mixing_grid(views, labels)
+    fig, cap = ri.mixing_grid(views, labels)
     sections.append(("Token mixing", fig, cap))
-    fig, cap = rf.diagnostics_figure(views, a.recall_threshold)
+    fig, cap = ri.diagnostics_figure(views, a.recall_threshold)
     sections.append(("Stability and memory diagnostics", fig, cap))
 
     m_header, m_rows = mechanism_rows(mechanism)

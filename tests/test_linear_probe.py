@@ -7,10 +7,8 @@ import torch
 
 from ssmlens.interp.tasks import make_task
 from ssmlens.models import Mamba
-from ssmlens.probes.linear import (
-    control_labels, fit_logistic, fit_probe, fit_ridge, positions_index, probe_sweep, resolve_hooks,
-    sweep_table, train_test_split,
-)
+from ssmlens.probes.linear import control_labels, fit_logistic, fit_probe, fit_ridge, train_test_split
+from ssmlens.probes.linear_sweep import positions_index, probe_sweep, resolve_hooks, sweep_table
 from ssmlens.probes.probe_figures import probe_accuracy_figure, probe_heatmap
 
 

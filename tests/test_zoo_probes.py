@@ -14,7 +14,7 @@ from ssmlens.models.resume import resumable
 from ssmlens.probes.ablation import NotApplicable, parse_ablation, run_ablated
 from ssmlens.probes.attribution import attribution_patching
 from ssmlens.probes.interchange import interchange_sweep, train_das
-from ssmlens.probes.linear import probe_sweep
+from ssmlens.probes.linear_sweep import probe_sweep
 from ssmlens.probes.patching import patching_sweep, patching_sweep_reference
 
 TASK = make_task("ar", n_keys=8, n_values=8, n_pairs=3)

@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def check_hooks(model, hooks: str) -> None:
     """UnknownHookError, with close matches, for a spec that names no hook of ``model``
     (as ``probe_sweep`` reads specs: full names or kinds)."""
-    from ssmlens.probes.linear import resolve_hooks
+    from ssmlens.probes.linear_sweep import resolve_hooks
     from ssmlens.probes.positions import unknown_hook
 
     names = list(model.hook_dict)
@@ -60,7 +60,7 @@ def run(args) -> int:
     from ssmlens.interp.store import create_run
     from ssmlens.interp.tasks import make_task
     from ssmlens.probes.ablation_spec import _load_checkpoint
-    from ssmlens.probes.linear import probe_sweep, sweep_table, target_labels
+    from ssmlens.probes.linear_sweep import probe_sweep, sweep_table, target_labels
 
     require_input(args.checkpoint, "checkpoint")
     if args.positions != "all" and not args.positions.strip():
