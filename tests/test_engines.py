@@ -43,6 +43,9 @@ def test_run_cells_retries_records_failures_and_streams(tmp_path):
     broken = out["broken"]
     assert (broken.status, broken.attempts, broken.result) == ("failed", 2, None)
     assert broken.error == "ValueError: planned failure 2" and "Traceback" in broken.detail
+    # the attempts before the last say why a cell was retried
+    assert out["a"].earlier_errors == [] and out["flaky"].earlier_errors == ["ValueError: planned failure 1"]
+    assert broken.earlier_errors == ["ValueError: planned failure 1"]
     assert out["b"].result == 8  # the study went on after the failure
     assert run_cells([Cell("c", H.fail_until, {"path": str(tmp_path / "c"), "failures": 3})], retries=3,
                      progress=False)["c"].attempts == 4

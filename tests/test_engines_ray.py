@@ -108,9 +108,12 @@ def test_prompt_shards_and_a_training_grid_on_ray_equal_the_local_engine(cluster
     assert by_name["local"] == by_name["ray"] and len(by_name["ray"]) == 2
 
 
-def test_a_cell_asking_for_a_missing_gpu_is_refused(cluster):
+def test_a_cell_asking_for_a_missing_gpu_is_refused(cluster, tmp_path):
     with pytest.raises(EngineError, match="asks for 0.5 GPU but the Ray cluster's nodes have none"):
         run_cells([Cell("g", H.double, {"x": 1}, gpus=0.5)], engine="ray", progress=False)
     out = run_cells([Cell("a", H.double, {"x": 2}), Cell("b", H.fail_until, {"path": "/nonexistent/x", "failures": 0})],
                     engine="ray", retries=0, progress=False)
     assert out["a"].result == 4 and out["b"].status == "failed" and "FileNotFoundError" in out["b"].error
+    flaky = run_cells([Cell("f", H.fail_until, {"path": str(tmp_path / "f"), "failures": 1})], engine="ray",
+                      retries=1, progress=False)["f"]
+    assert (flaky.status, flaky.attempts, flaky.earlier_errors) == ("done", 2, ["ValueError: planned failure 1"])

@@ -234,6 +234,35 @@ def test_deadline_leaves_cells_for_the_next_run(tmp_path):
     assert "0 finished" in (tmp_path / "out" / "report.md").read_text()
 
 
+def test_a_cell_that_failed_and_whose_retry_missed_the_deadline_is_failed(tmp_path, monkeypatch):
+    """The retry of a failed cell that finds the deadline passed does not hide the failure
+    as "not run" (an arora-ar cell on the GPU was reported so, its error lost)."""
+    import time
+
+    from ssmlens.probes.evaluation import cell as cell_module
+
+    real, calls = cell_module.cell_task, []
+
+    def fail_past_the_deadline_then_real(**kwargs):
+        calls.append(kwargs["spec"]["key"])
+        if len(calls) == 1:
+            time.sleep(max(0.0, kwargs["deadline"] - time.time()) + 0.05)
+            raise RuntimeError("planned failure after the deadline")
+        return real(**kwargs)
+
+    monkeypatch.setattr(cell_module, "cell_task", fail_past_the_deadline_then_real)
+    suite = suite_from_dict({**TINY, "models": TINY["models"][1:2]})
+    result = run_suite(suite, tmp_path / "out", deadline_s=0.5, progress=False)
+    (key,) = calls[:1]
+    assert calls == [key, key] and result.rows == {} and list(result.failed) == [key]
+    assert "RuntimeError: planned failure after the deadline" in result.failed[key]
+    assert "the retry found the suite's deadline passed" in result.failed[key]
+    cells = open_run(tmp_path / "out" / "suite").table("cells")
+    assert list(cells["status"]) == ["failed"] and "planned failure" in cells["error"][0]
+    logged = [json.loads(line) for line in (tmp_path / "out" / "cells.jsonl").read_text().splitlines()]
+    assert [(r["key"], r["status"]) for r in logged] == [(key, "failed")]
+
+
 def test_a_missing_library_stops_before_any_training(tmp_path, monkeypatch, capsys):
     import importlib.util
 

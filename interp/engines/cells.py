@@ -52,7 +52,9 @@ class CellOutcome:
     """What became of a cell: ``status`` "done" with ``result`` (what ``fn`` returned),
     or "failed" with ``error`` (the last attempt's exception, one line, plus its
     traceback in ``detail``). ``attempts``: how many times it ran; ``seconds``: the
-    wall time of its last attempt."""
+    wall time of its last attempt; ``earlier_errors``: the one-line errors of the
+    attempts before the last (a cell that succeeded, or was skipped, on a retry still
+    says why it was retried)."""
 
     key: str
     status: Literal["done", "failed"]
@@ -61,6 +63,7 @@ class CellOutcome:
     attempts: int = 1
     seconds: float = 0.0
     detail: str | None = None
+    earlier_errors: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

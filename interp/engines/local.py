@@ -15,10 +15,14 @@ from ssmlens.interp.engines.cells import Cell, CellOutcome, attempt
 def run_local(cells: Sequence[Cell], *, retries: int, report: Callable[[CellOutcome], None]) -> None:
     """Run ``cells`` in order; ``report(outcome)`` as each one finishes."""
     for cell in cells:
+        errors: list[str] = []  # the failed attempts' one-line errors
         for n in range(1, retries + 2):
             status, value, detail, seconds = attempt(cell.fn, cell.kwargs)
             if status == "done":
-                report(CellOutcome(cell.key, "done", result=value, attempts=n, seconds=seconds))
+                report(CellOutcome(cell.key, "done", result=value, attempts=n, seconds=seconds,
+                                   earlier_errors=errors))
                 break
             if n == retries + 1:
-                report(CellOutcome(cell.key, "failed", error=value, attempts=n, seconds=seconds, detail=detail))
+                report(CellOutcome(cell.key, "failed", error=value, attempts=n, seconds=seconds, detail=detail,
+                                   earlier_errors=errors))
+            errors = [*errors, value]

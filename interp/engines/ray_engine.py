@@ -96,29 +96,30 @@ def run_ray(cells: Sequence[Cell], *, address: str | None, gpus_per_task: float 
         task = ray.remote(_run_in_worker)
         pending: dict = {}
 
-        def submit(cell: Cell, n: int) -> None:
+        def submit(cell: Cell, n: int, errors: list[str]) -> None:
             ref = task.options(num_cpus=cell.cpus, num_gpus=gpus_of(cell), max_retries=0,
                                name=f"ssmlens:{cell.key}"[:200]).remote(cell.fn, cell.kwargs)
-            pending[ref] = (cell, n)
+            pending[ref] = (cell, n, errors)  # errors: the earlier attempts' one-line errors
 
         for cell in cells:
-            submit(cell, 1)
+            submit(cell, 1, [])
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
-                    cell, n = pending.pop(ref)
+                    cell, n, errors = pending.pop(ref)
                     try:
                         status, value, detail, seconds = ray.get(ref)
                     except ray.exceptions.RayError as e:  # the worker died, ran out of memory, ...
                         status, value, detail, seconds = "failed", error_line(e), str(e), 0.0
                     if status == "done":
-                        report(CellOutcome(cell.key, "done", result=value, attempts=n, seconds=seconds))
+                        report(CellOutcome(cell.key, "done", result=value, attempts=n, seconds=seconds,
+                                           earlier_errors=errors))
                     elif n <= retries:
-                        submit(cell, n + 1)
+                        submit(cell, n + 1, [*errors, value])
                     else:
                         report(CellOutcome(cell.key, "failed", error=value, attempts=n, seconds=seconds,
-                                           detail=detail))
+                                           detail=detail, earlier_errors=errors))
         except BaseException:
             for ref in pending:  # interrupted: free the cluster
                 ray.cancel(ref, force=True)

@@ -63,6 +63,8 @@ def run_cells(
         if not outcome.ok:
             failed += 1
             bar.write(f"{desc}: cell {outcome.key} failed after {outcome.attempts} attempt(s): {outcome.error}")
+        elif outcome.earlier_errors:  # done on a retry: say what the earlier attempts raised
+            bar.write(f"{desc}: cell {outcome.key} was retried after: {outcome.earlier_errors[-1]}")
         bar.set_postfix_str(f"{outcome.key}" + (f", {failed} failed" if failed else ""), refresh=False)
         bar.update()
 

@@ -72,6 +72,17 @@ def _not_started(outcome: CellOutcome) -> bool:
     return outcome.status == "done" and isinstance(outcome.result, dict) and bool(outcome.result.get(NOT_STARTED))
 
 
+def _failed_before_deadline(outcome: CellOutcome) -> CellOutcome:
+    """A cell whose attempt failed and whose retry then found the deadline passed is a
+    failed cell (with the failure's error), not one that was "not run"; others as they are."""
+    if not (_not_started(outcome) and outcome.earlier_errors):
+        return outcome
+    n = len(outcome.earlier_errors)
+    return dataclasses.replace(
+        outcome, status="failed", result=None,
+        error=f"{outcome.earlier_errors[-1]} (attempt {n}; the retry found the suite's deadline passed)")
+
+
 def _append_log(path: Path, outcome: CellOutcome) -> None:
     record = {"key": outcome.key, "status": outcome.status, "error": outcome.error,
               "attempts": outcome.attempts, "seconds": round(outcome.seconds, 2),
@@ -154,12 +165,14 @@ def run_suite(suite: Suite | str | Path, out: str | Path, *, engine: str | dict 
     log = out / "cells.jsonl"
     if todo:
         def finished(outcome: CellOutcome) -> None:  # in this process, as each cell ends
+            outcome = _failed_before_deadline(outcome)
             if not _not_started(outcome):
                 _append_log(log, outcome)
 
         ran = run_cells(todo, progress=progress, desc=f"suite {suite.name} ({len(todo)} of {len(specs)} cells to run)",
                         on_result=finished, **options)
         for key, outcome in ran.items():
+            outcome = _failed_before_deadline(outcome)
             if _not_started(outcome):
                 continue
             if outcome.status == "failed":
