@@ -164,15 +164,16 @@ def run_suite(suite: Suite | str | Path, out: str | Path, *, engine: str | dict 
             gpus=spec.gpus, cpus=spec.cpus))
     log = out / "cells.jsonl"
     if todo:
+        ended: dict[str, CellOutcome] = {}  # as logged: a failure the deadline cut short is failed
+
         def finished(outcome: CellOutcome) -> None:  # in this process, as each cell ends
-            outcome = _failed_before_deadline(outcome)
+            outcome = ended[outcome.key] = _failed_before_deadline(outcome)
             if not _not_started(outcome):
                 _append_log(log, outcome)
 
-        ran = run_cells(todo, progress=progress, desc=f"suite {suite.name} ({len(todo)} of {len(specs)} cells to run)",
-                        on_result=finished, **options)
-        for key, outcome in ran.items():
-            outcome = _failed_before_deadline(outcome)
+        run_cells(todo, progress=progress, desc=f"suite {suite.name} ({len(todo)} of {len(specs)} cells to run)",
+                  on_result=finished, **options)
+        for key, outcome in ended.items():
             if _not_started(outcome):
                 continue
             if outcome.status == "failed":
